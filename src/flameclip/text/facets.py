@@ -281,8 +281,11 @@ class FacetEncoder:
             for i, c in enumerate(captions)
         ]
 
-    def encode_tokenized(self, items: list[TokenizedCaption], progress: bool = False) -> torch.Tensor:
-        """Encode pre-tokenised captions; batches are formed by length, results keep input order."""
+    def encode_tokenized(self, items: list[TokenizedCaption], progress: bool = False, on_batch=None) -> torch.Tensor:
+        """Encode pre-tokenised captions; batches are formed by length, results keep input order.
+
+        ``on_batch(n_captions, n_tokens)`` is called after every batch (for an outer progress bar).
+        """
         if not items:
             return torch.zeros(0, 0, self.llm.hidden_size)
         order = sorted(range(len(items)), key=lambda i: items[i].fda_length)
@@ -291,8 +294,11 @@ class FacetEncoder:
         bar = tqdm(total=len(items), unit="cap", disable=not progress, desc=f"encode[{self.route}]")
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            out[idx] = run(self.llm, [items[i] for i in idx]).cpu()
+            batch = [items[i] for i in idx]
+            out[idx] = run(self.llm, batch).cpu()
             bar.update(len(idx))
+            if on_batch is not None:
+                on_batch(len(idx), sum(it.fda_length if self.route != "separate" else it.separate_tokens for it in batch))
         bar.close()
         self.stats.captions += len(items)
         self.stats.tokens += sum(it.fda_length if self.route != "separate" else it.separate_tokens for it in items)

@@ -1,0 +1,175 @@
+"""``flameclip embed``: captions -> frozen LLM -> K facet embeddings per caption -> embedding store.
+
+The work is cut into shards of the store. Each shard is computed whole and written atomically, so a
+run that is killed loses at most the shard in flight, and running the same command again resumes
+with the first missing shard. Under ``torchrun`` rank r takes shards r, r + W, r + 2W, ...; the
+store is the same bytes whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data.captions import read_captions
+from .store import StoreWriter
+from .text.facets import CaptionError, FacetEncoder
+from .text.llm import load_llm
+from .text.prompts import clean_caption, load_prompt_set
+
+
+@dataclass
+class EmbedConfig:
+    captions: str
+    out: str
+    prompts: dict[str, str]  # caption column -> prompt set (built-in name or JSON file)
+    llm: str = "smollm2-135m"
+    id_column: str = "id"
+    layer: int = -2
+    compute_dtype: str = "fp32"  # the LLM's dtype while encoding
+    store_dtype: str = "fp16"  # fp16 | int8 | fp32
+    route: str = "auto"
+    batch_size: int = 16
+    max_tokens: int | None = None
+    shard_size: int = 4096
+    device: str = "auto"
+    skip_empty: bool = False
+
+
+@dataclass
+class EmbedSummary:
+    samples: int = 0
+    embedded: int = 0  # samples encoded by this run (the rest were already in the store)
+    skipped: int = 0  # samples left out because a caption was empty (--skip-empty)
+    truncated: int = 0  # captions cut to fit the context
+    tokens: int = 0
+    seconds: float = 0.0
+    store_bytes: int = 0
+    complete: bool = False
+    skipped_ids: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds > 0 else 0.0
+        tok = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        rows = [
+            ("samples in file", f"{self.samples}"),
+            ("embedded this run", f"{self.embedded}"),
+            ("skipped (empty caption)", f"{self.skipped}"),
+            ("captions truncated", f"{self.truncated}"),
+            ("time", f"{self.seconds:.1f} s"),
+            ("captions/s", f"{rate:.2f}"),
+            ("tokens/s", f"{tok:.0f}"),
+            ("store size", f"{self.store_bytes / 2**20:.2f} MiB"),
+            ("store complete", "yes" if self.complete else "no (run again to resume)"),
+        ]
+        w = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+class EmbedError(RuntimeError):
+    """A one-line, user-facing reason why embedding cannot go on."""
+
+
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
+    rank, world = _dist_env()
+    device = _device(cfg.device)
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+
+    columns = list(cfg.prompts)
+    prompt_sets = {c: load_prompt_set(p) for c, p in cfg.prompts.items()}
+    table = read_captions(cfg.captions, columns, cfg.id_column)
+
+    # Empty captions: an error naming the sample, or (when asked) the sample is left out and counted.
+    keep, skipped = [], []
+    for i, sid in enumerate(table.ids):
+        empty = [c for c in columns if not clean_caption(table.columns[c][i])]
+        if empty and not cfg.skip_empty:
+            raise EmbedError(
+                f"{cfg.captions}: sample '{sid}' has an empty '{empty[0]}' caption; "
+                "fix it, drop the sample, or pass --skip-empty to leave such samples out"
+            )
+        (skipped if empty else keep).append(i)
+    ids = [table.ids[i] for i in keep]
+
+    llm = load_llm(cfg.llm, layer=cfg.layer, dtype=cfg.compute_dtype, device=device)
+    encoder = FacetEncoder(llm, route=cfg.route, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
+    fingerprint = {
+        **llm.fingerprint(),
+        "max_tokens": encoder.max_tokens,
+        "prompt_sets": {c: {"name": ps.name, "sha": ps.fingerprint(), "k": ps.k} for c, ps in prompt_sets.items()},
+    }
+    store_columns = [{"name": c, "k": prompt_sets[c].k, "prompt_set": prompt_sets[c].to_dict()} for c in columns]
+    writer = StoreWriter(
+        cfg.out,
+        fingerprint=fingerprint,
+        columns=store_columns,
+        dim=llm.hidden_size,
+        ids=ids,
+        shard_size=cfg.shard_size,
+        dtype=cfg.store_dtype,
+        rank=rank,
+        world_size=world,
+    )
+
+    summary = EmbedSummary(samples=len(table.ids), skipped=len(skipped), skipped_ids=[table.ids[i] for i in skipped])
+    pending = writer.pending_shards()
+    todo = sum(len(writer.shard_ids(j)) for j in pending)
+    bar = tqdm(total=todo * len(columns), unit="caption", desc=f"embed[rank {rank}]" if world > 1 else "embed",
+               disable=not progress)
+    start = time.perf_counter()
+    done_tokens = 0
+
+    def on_batch(n_captions: int, n_tokens: int) -> None:
+        nonlocal done_tokens
+        done_tokens += n_tokens
+        bar.update(n_captions)
+        bar.set_postfix(tokens_s=f"{done_tokens / max(time.perf_counter() - start, 1e-9):.0f}", refresh=False)
+
+    for j in pending:
+        lo, hi = writer.shard_range(j)
+        parts = []
+        for c in columns:
+            texts = [table.columns[c][keep[g]] for g in range(lo, hi)]
+            try:
+                items = encoder.tokenize(texts, prompt_sets[c], start_index=lo)
+            except CaptionError as e:
+                raise EmbedError(f"{cfg.captions}: sample '{ids[e.index]}', column '{c}': {e}") from None
+            parts.append(encoder.encode_tokenized(items, on_batch=on_batch).numpy())
+            summary.truncated += sum(it.truncated for it in items)
+        writer.write_shard(j, np.concatenate(parts, axis=1))
+        summary.embedded += hi - lo
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.tokens = encoder.stats.tokens
+
+    if world > 1:
+        # Wait for every rank's shards before the index is built over all of them.
+        torch.distributed.barrier()
+    if rank == 0:
+        summary.complete = writer.finalize()
+        summary.store_bytes = sum(
+            os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(cfg.out) for f in fs
+        )
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary

@@ -1,0 +1,78 @@
+"""Crash-safe file writing: every file of a store appears whole or not at all.
+
+A file is first written under a temporary name in its final folder, flushed to disk (fsync), and
+only then renamed over its final name. ``os.replace`` is atomic, so a run killed at any moment
+leaves the old file, the new file, or a stray temporary file, never a half-written final file.
+Temporary names start with ``TMP_PREFIX``: readers skip them and ``StoreWriter.finalize`` sweeps
+them away, so they cannot change what a resumed store looks like.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+TMP_PREFIX = ".tmp-"
+
+
+def tmp_name(path: str) -> str:
+    """A fresh temporary path beside ``path``.
+
+    The random token keeps two processes that write the same file at the same moment (two ranks
+    finalizing together) from ever sharing, and corrupting, one temporary file.
+    """
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+
+
+def is_tmp(name: str) -> bool:
+    return os.path.basename(name).startswith(TMP_PREFIX)
+
+
+def fsync_file(path: str) -> None:
+    with open(path, "rb+") as f:  # writable: Windows refuses to fsync a read-only handle
+        os.fsync(f.fileno())
+
+
+def fsync_dir(folder: str) -> None:
+    """Make the renames done inside ``folder`` durable (POSIX only: Windows cannot open a folder)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tmp_bytes(path: str, data: bytes) -> str:
+    """Write ``data`` to a durable temporary file beside ``path``; return the temporary path."""
+    tmp = tmp_name(path)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    os.replace(write_tmp_bytes(path, data), path)
+    fsync_dir(os.path.dirname(path))
+
+
+def remove_tmp_entries(folder: str) -> None:
+    """Delete the temporary files and folders that killed writes left in ``folder``."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if not is_tmp(name):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:  # another process swept it first
+                pass
