@@ -299,7 +299,10 @@ def load_llm(
 ) -> FrozenLLM:
     """Load a frozen LLM text encoder from a packaged name, a GGUF file or a local HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    # Our own progress bars and summaries say what is happening; HF's per-tensor bars are noise.
+    hf_logging.disable_progress_bar()
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     src = resolve(name_or_path)
     folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
