@@ -70,6 +70,34 @@ def cmd_embed(args) -> int:
     return 0
 
 
+def _add_train(sub):
+    p = sub.add_parser("train", help="train an image tower on images + an embedding store (or the CLIP baseline)")
+    p.add_argument("--config", help="TOML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings that override the config, e.g. lr=3e-4 model.vision_depth=4")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, progress=not args.no_progress)
+    if int(os.environ.get("RANK", 0)) == 0:
+        rows = [
+            ("run folder", str(result.out)),
+            ("steps", str(result.steps)),
+            ("final loss", f"{result.final_loss:.4f}"),
+            ("images/s", f"{result.images_per_s:.1f}"),
+            ("skipped images", str(result.skipped_images)),
+            ("checkpoint", str(result.checkpoint)),
+        ] + [(k, f"{v:.3f}") for k, v in result.eval.items()]
+        w = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k:<{w}}  {v}" for k, v in rows))
+    return 0
+
+
 def cmd_llms(args) -> int:
     import importlib.util
 
@@ -89,21 +117,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_embed(sub)
+    _add_train(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     args = parser.parse_args(argv)
     # Known, user-facing failures become one line on stderr and exit code 2; finished work is on disk.
     from .data.captions import CaptionsFileError
+    from .data.images import DataError
     from .embed import EmbedError
     from .store import StoreMismatchError
     from .text.llm import LLMNotFoundError
 
     try:
-        return {"embed": cmd_embed, "llms": cmd_llms}[args.command](args)
-    except (CaptionsFileError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError, ValueError) as e:
+        return {"embed": cmd_embed, "train": cmd_train, "llms": cmd_llms}[args.command](args)
+    except (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
+            ValueError) as e:
         if os.environ.get("FLAMECLIP_DEBUG"):
             raise
         print(f"flameclip {args.command}: {e} (set FLAMECLIP_DEBUG=1 for the traceback)"
-              if not isinstance(e, (CaptionsFileError, EmbedError, StoreMismatchError, LLMNotFoundError))
+              if not isinstance(e, (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError))
               else f"flameclip {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

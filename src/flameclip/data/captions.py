@@ -22,7 +22,7 @@ class CaptionTable:
         return len(self.ids)
 
 
-def _rows(path: Path):
+def iter_records(path: Path):
     """Yield (row_number, dict) for every record; row numbers are 1-based lines or records."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
@@ -63,7 +63,7 @@ def read_captions(path: str | Path, columns: list[str], id_column: str = "id") -
     ids: list[str] = []
     cols: dict[str, list[str]] = {c: [] for c in columns}
     seen: dict[str, int] = {}
-    for n, rec in _rows(path):
+    for n, rec in iter_records(path):
         if id_column not in rec or rec[id_column] in (None, ""):
             raise CaptionsFileError(f"{path}: record {n} has no '{id_column}'; every record needs an id")
         sid = str(rec[id_column])

@@ -1,0 +1,150 @@
+"""Training configs: dataclasses, read from TOML, overridden by ``key=value`` on the command line.
+
+A config file is a TOML document whose top-level keys are ``TrainConfig`` fields and whose
+``[model]`` table holds ``ModelConfig`` fields. Overrides use dotted keys (``model.vision_depth=4``)
+and TOML literal syntax for values (``lr=3e-4``, ``text_columns=["raw","long"]``, ``resume="latest"``;
+a bare word that is not a TOML literal is taken as a string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_manifest: str = ""  # jsonl/csv/parquet with id and image columns
+    image_root: str = ""  # folder that relative image paths start from (default: the manifest's folder)
+    store: str = ""  # embedding store made by `flameclip embed` (FLAME)
+    captions: str = ""  # captions file (CLIP baseline: its text tower reads raw text)
+    text_columns: list[str] = field(default_factory=list)  # store/caption columns to draw positives from (all if empty)
+    positives: int = 6  # P positives per image per step (the reference draws 6 of 11 rows)
+    val_manifest: str = ""  # optional held-out manifest for the periodic evaluation
+    # model and loss
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: str = "sigmoid"  # sigmoid (reference) | softmax
+    # optimisation
+    batch_size: int = 64  # per process
+    grad_accum: int = 1  # micro-batches per optimiser step (negatives stay within a micro-batch)
+    epochs: int = 1
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.5
+    warmup_steps: int = 2000
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0  # 0: off
+    precision: str = "bf16"  # bf16 (autocast) | fp32
+    workers: int = -1  # data loader workers (-1: a sensible default for this machine)
+    seed: int = 0
+    device: str = "auto"
+    # outputs
+    out: str = "runs/train"
+    save_every: int = 500  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    eval_every: int = 0  # run the evaluation hooks every N steps (0: only at the end, if any)
+    resume: str = ""  # "latest" or a checkpoint folder
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value, tp):
+    """Coerce a parsed TOML value to a dataclass field type (tuples and floats given as ints)."""
+    origin = typing.get_origin(tp)
+    if tp is float and isinstance(value, int):
+        return float(value)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _apply(obj, data: dict, where: str):
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: '{key}' is a table of settings")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, hints[key]))
+
+
+def _parse_value(text: str):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word: a string
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
+    cfg = TrainConfig()
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: config file not found")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: not valid TOML ({e})") from None
+        _apply(cfg, data, str(p))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"override '{item}' must look like key=value")
+        nested: dict = {}
+        cur = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = _parse_value(text.strip())
+        _apply(cfg, nested, "override")
+    return cfg
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    _apply(cfg, data, "config")
+    return cfg
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as TOML that ``load_config`` reads back (None values are left out)."""
+    d = cfg.to_dict()
+    model = d.pop("model")
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None]
+    lines.append("")
+    lines.append("[model]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in model.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(dump_config(cfg), encoding="utf-8")

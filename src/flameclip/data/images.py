@@ -1,0 +1,185 @@
+"""Image-text training data: an image manifest joined by id to the text side.
+
+The text side is either the embedding store (FLAME: P stored rows per image, drawn afresh at every
+step) or the captions file tokenised for a trainable text tower (the CLIP baseline).
+
+Every random choice for a sample (its crop, its P positives) is a pure function of
+``(seed, epoch, index)``, so a resumed run sees exactly the samples and augmentations that an
+uninterrupted run would, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .captions import CaptionsFileError, iter_records, read_captions
+
+
+class DataError(ValueError):
+    """Training data that cannot be used as given; one line that says what to do."""
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    path: str
+
+
+def read_image_manifest(path: str | Path, image_root: str | Path | None = None, id_column: str = "id",
+                        image_column: str = "image") -> list[ImageRecord]:
+    """(id, image path) per record; relative paths are taken from ``image_root`` or the manifest's folder."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: image manifest not found")
+    root = Path(image_root) if image_root else path.parent
+    out, seen = [], set()
+    try:
+        for n, rec in iter_records(path):
+            sid, img = rec.get(id_column), rec.get(image_column)
+            if sid in (None, "") or img in (None, ""):
+                raise DataError(f"{path}: record {n} needs both '{id_column}' and '{image_column}'")
+            sid = str(sid)
+            if sid in seen:
+                raise DataError(f"{path}: id '{sid}' appears twice; ids must be unique")
+            seen.add(sid)
+            p = Path(str(img))
+            out.append(ImageRecord(sid, str(p if p.is_absolute() else root / p)))
+    except CaptionsFileError as e:
+        raise DataError(str(e)) from None
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+class StoreText:
+    """P positives per image drawn from its stored rows (FLAME)."""
+
+    def __init__(self, store, positives: int, columns: list[str] | None = None):
+        self.store, self.positives = store, positives
+        cols = columns or list(store.columns)
+        unknown = [c for c in cols if c not in store.columns]
+        if unknown:
+            raise DataError(f"store has no column(s) {unknown}; it has {list(store.columns)}")
+        self.rows = np.concatenate([np.arange(*store.columns[c]) for c in cols])
+
+    def check_ids(self, ids: list[str]) -> None:
+        missing = [i for i in ids if i not in self.store]
+        if missing:
+            raise DataError(
+                f"{len(missing)} image id(s) are not in the embedding store {self.store.root} "
+                f"(first: {', '.join(missing[:5])}): embed their captions first or drop them from the manifest"
+            )
+
+    def __call__(self, sid: str, rng: np.random.Generator) -> torch.Tensor:
+        # Without replacement when possible: distinct facets are distinct positives.
+        pick = rng.choice(self.rows, size=self.positives, replace=self.positives > len(self.rows))
+        return torch.from_numpy(self.store.get(sid)[pick])
+
+
+class CaptionTokens:
+    """P captions per image, drawn from the caption columns and tokenised (the CLIP baseline)."""
+
+    def __init__(self, captions_path: str, columns: list[str], tokenizer, positives: int = 1, id_column: str = "id"):
+        table = read_captions(captions_path, columns, id_column)
+        self.by_id = {sid: [table.columns[c][i] for c in columns] for i, sid in enumerate(table.ids)}
+        self.tokenizer, self.positives = tokenizer, positives
+
+    def check_ids(self, ids: list[str]) -> None:
+        missing = [i for i in ids if i not in self.by_id]
+        if missing:
+            raise DataError(f"{len(missing)} image id(s) have no captions (first: {', '.join(missing[:5])})")
+
+    def __call__(self, sid: str, rng: np.random.Generator) -> torch.Tensor:
+        caps = [c for c in self.by_id[sid] if c.strip()] or [""]
+        pick = rng.choice(len(caps), size=self.positives, replace=self.positives > len(caps))
+        return self.tokenizer([caps[i] for i in pick])
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """Map-style dataset of (image, text positives). Index it with ``(epoch, index)`` pairs.
+
+    A corrupt or missing image is replaced by the next readable sample (so every batch keeps its
+    size, which the distributed loss needs) and its id is reported with the batch.
+    """
+
+    max_replacements = 16
+
+    def __init__(self, records: list[ImageRecord], text, transform, seed: int = 0):
+        self.records, self.text, self.transform, self.seed = records, text, transform, seed
+        text.check_ids([r.id for r in records])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _load(self, rec: ImageRecord) -> Image.Image:
+        with Image.open(rec.path) as im:
+            return im.convert("RGB")
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        bad = []
+        for attempt in range(self.max_replacements):
+            rec = self.records[(index + attempt) % len(self.records)]
+            try:
+                image = self._load(rec)
+                break
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+                bad.append((rec.id, rec.path, type(e).__name__))
+        else:
+            raise DataError(f"{self.max_replacements} unreadable images in a row from '{self.records[index].path}': "
+                            "check the image folder")
+        rng = sample_rng(self.seed, epoch, index)
+        # The crop draws from torch's global generator: fork it so the crop depends on the sample only.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**62)))
+            pixels = self.transform(image)
+        return pixels, self.text(rec.id, rng), bad
+
+
+def collate(batch):
+    images = torch.stack([b[0] for b in batch])
+    texts = torch.stack([b[1] for b in batch])
+    bad = [x for b in batch for x in b[2]]
+    return images, texts, bad
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's share of each global batch, as lists of ``(epoch, index)`` keys.
+
+    The global batch b of an epoch is ``perm[b*G:(b+1)*G]`` with G = world_size x batch_size, so a
+    run on N processes sees the same global batches as one process with batch G. ``start_batch``
+    skips batches already done (resume). The last incomplete global batch is dropped.
+    """
+
+    def __init__(self, n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0):
+        self.n, self.batch_size, self.epoch, self.seed = n, batch_size, epoch, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.global_batch - self.start_batch)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.start_batch, self.n // self.global_batch):
+            lo = b * self.global_batch + self.rank * self.batch_size
+            yield [(self.epoch, i) for i in perm[lo : lo + self.batch_size]]
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))

@@ -1,0 +1,384 @@
+"""The training loop: one code path for one process and for ``torchrun`` (DDP, gloo or nccl).
+
+Read top to bottom: set-up, data, model, optimiser, resume, then the step loop with checkpoints,
+logging and evaluation hooks. FLAME reads caption embeddings from the store; the CLIP baseline
+(``model.text_tower = "clip"``) trains open_clip's text transformer on the raw captions instead.
+Everything else, including the loss, is shared.
+
+Exact resume: every random choice of a sample depends on (seed, epoch, index) only, the batch order
+on (seed, epoch) only, and a checkpoint holds model, optimiser and step. A run killed and resumed
+therefore ends with the same weights as a run that was never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, save_config
+from .data.images import (
+    CaptionTokens,
+    DataError,
+    EpochBatchSampler,
+    ImageTextDataset,
+    StoreText,
+    collate,
+    default_workers,
+    read_image_manifest,
+)
+from .data.transforms import eval_transform, train_transform
+from .losses import build_loss
+from .model import FlameModel
+
+CHECKPOINTS = "checkpoints"
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up helpers
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> tuple[Dist, torch.device]:
+    d = Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    if device == "auto":
+        device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if d.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return d, dev
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with no weight decay on gains, biases, embeddings and the logit parameters."""
+    no_decay = model.no_weight_decay_names()
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if name in no_decay else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def build_dataset(cfg: TrainConfig, manifest: str, train: bool):
+    records = read_image_manifest(manifest, cfg.image_root or None)
+    if cfg.model.text_tower == "llm":
+        if not cfg.store:
+            raise DataError("FLAME training needs `store` (the folder made by `flameclip embed`)")
+        from .store import EmbeddingStore
+
+        store = EmbeddingStore(cfg.store)
+        want = (cfg.model.llm or {}).get("weights_sha256")
+        if want and store.fingerprint.get("weights_sha256") != want:
+            raise DataError(f"{cfg.store} was embedded by another LLM than this model's ({cfg.model.llm.get('llm')})")
+        text = StoreText(store, cfg.positives, cfg.text_columns or None)
+    else:
+        if not cfg.captions:
+            raise DataError("the CLIP baseline needs `captions` (the captions file) for its text tower")
+        from .baselines.clip_text import clip_tokenizer
+
+        text = CaptionTokens(cfg.captions, cfg.text_columns or ["caption"], clip_tokenizer(), positives=1)
+    tf = train_transform(cfg.model.image_size) if train else eval_transform(cfg.model.image_size)
+    return ImageTextDataset(records, text, tf, seed=cfg.seed)
+
+
+def loader_for(ds, cfg: TrainConfig, d: Dist, epoch: int, start_batch: int = 0):
+    sampler = EpochBatchSampler(len(ds), cfg.batch_size, epoch, cfg.seed, d.rank, d.world_size, start_batch)
+    workers = default_workers() if cfg.workers < 0 else cfg.workers
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                       persistent_workers=False, pin_memory=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    return Path(out) / CHECKPOINTS
+
+
+def save_checkpoint(out: Path, step: int, model: FlameModel, opt, extra: dict, keep: int) -> Path:
+    """Write ``checkpoints/step-XXXXXXX`` atomically (temporary folder, then rename), then prune."""
+    root = checkpoint_dir(out)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    torch.save({"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra},
+               tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(out: str | Path, resume: str) -> Path | None:
+    if resume == "latest":
+        found = sorted(checkpoint_dir(out).glob("step-*"))
+        return found[-1] if found else None
+    p = Path(resume)
+    if not (p / "trainer_state.pt").exists():
+        raise FileNotFoundError(f"{p}: not a training checkpoint (no trainer_state.pt)")
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """metrics.csv (append-only, rows past a resumed step dropped) and TensorBoard events."""
+
+    fields = ["step", "epoch", "loss", "lr", "logit_scale", "logit_bias", "images_per_s", "skipped_images"]
+
+    def __init__(self, out: Path, resume_step: int | None):
+        self.path = out / "metrics.csv"
+        rows = []
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with open(self.path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboard is a dependency, but keep training without it
+            pass
+
+    def log(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_losses(out: Path) -> Path | None:
+    """loss_curve.png from metrics.csv (loss and learning rate against step)."""
+    path = out / "metrics.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [float(r["loss"]) for r in rows], color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
+    ax2.set_ylabel("learning rate")
+    fig.legend(loc="upper right")
+    ax.set_title(out.name)
+    fig.tight_layout()
+    png = out / "loss_curve.png"
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation hook
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: FlameModel, ds, cfg: TrainConfig, device, max_images: int = 1000) -> dict:
+    """Held-out image->text and text->image R@1 (texts: the mean of each image's positives)."""
+    model.eval()
+    imgs, txts = [], []
+    n = min(len(ds), max_images)
+    for s in range(0, n, cfg.batch_size):
+        batch = [ds[(0, i)] for i in range(s, min(n, s + cfg.batch_size))]
+        x, t, _ = collate(batch)
+        imgs.append(model.encode_image(x.to(device)).float())
+        f = model.encode_text(t.to(device)).float()
+        txts.append(torch.nn.functional.normalize(f.mean(dim=1), dim=-1))
+    img, txt = torch.cat(imgs), torch.cat(txts)
+    sim = img @ txt.T
+    target = torch.arange(len(img), device=sim.device)
+    model.train()
+    return {
+        "val_i2t_r1": (sim.argmax(1) == target).float().mean().item(),
+        "val_t2i_r1": (sim.argmax(0) == target).float().mean().item(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    final_loss: float
+    images_per_s: float
+    skipped_images: int
+    checkpoint: Path | None
+    eval: dict
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    d, device = init_distributed(cfg.device)
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+
+    train_ds = build_dataset(cfg, cfg.train_manifest, train=True)
+    val_ds = build_dataset(cfg, cfg.val_manifest, train=False) if cfg.val_manifest else None
+    if cfg.model.text_tower == "llm":
+        store = train_ds.text.store
+        if cfg.model.text_dim != store.dim:
+            cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
+        cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size")}
+    steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
+    if steps_per_epoch == 0:
+        raise DataError(f"{len(train_ds)} samples are fewer than one global batch "
+                        f"({cfg.batch_size} x {d.world_size} processes x {cfg.grad_accum} accumulation)")
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+
+    model = FlameModel(cfg.model).to(device)
+    opt = build_optimizer(model, cfg)
+    start_step, skipped_total = 0, 0
+    ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
+    if not cfg.resume and any(checkpoint_dir(out).glob("step-*")):
+        raise DataError(f"{out} already holds checkpoints: pass resume=latest to continue, or choose a new out folder")
+    if ckpt is not None:
+        loaded = FlameModel.from_pretrained(ckpt, map_location=device)
+        model.load_state_dict(loaded.state_dict())
+        state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start_step, skipped_total = state["step"], state.get("skipped_images", 0)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.toml")
+    ddp_model = model
+    if d.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    loss_fn = build_loss(cfg.loss)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+                else contextlib.nullcontext())
+    log = MetricsLog(out, start_step if ckpt is not None else None) if d.main else None
+
+    model.train()
+    step = start_step
+    epoch = step // steps_per_epoch
+    it = iter(loader_for(train_ds, cfg, d, epoch, (step % steps_per_epoch) * cfg.grad_accum))
+    bar = tqdm(total=total, initial=start_step, unit="step", desc="train", disable=not (progress and d.main))
+    t_last, images_since, last_loss, eval_result = time.perf_counter(), 0, float("nan"), {}
+    last_ckpt = ckpt
+    while step < total:
+        if step // steps_per_epoch != epoch:
+            epoch = step // steps_per_epoch
+            it = iter(loader_for(train_ds, cfg, d, epoch))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, total)
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            images, texts, bad = next(it)
+            skipped_total += len(bad)
+            if bad and d.main:
+                tqdm.write(f"skipped unreadable image(s): " + "; ".join(f"{i} ({p}, {e})" for i, p, e in bad[:3]))
+            # Only the last micro-batch synchronises gradients across processes.
+            sync = micro == cfg.grad_accum - 1 or d.world_size == 1
+            with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
+                with autocast:
+                    outs = ddp_model(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
+                loss = loss_fn(outs["image_features"].float(), outs["text_features"].float(),
+                               outs["logit_scale"].float(), outs["logit_bias"].float()) / cfg.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+            images_since += images.shape[0] * d.world_size
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        if d.world_size > 1:  # log the global loss, not this rank's share
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        last_loss = float(loss_sum)
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+
+        if d.main and (step % cfg.log_every == 0 or step == total):
+            now = time.perf_counter()
+            scale, bias = model.logit_params()
+            log.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
+                     "logit_scale": scale.item(), "logit_bias": bias.item(),
+                     "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": skipped_total})
+            t_last, images_since = now, 0
+        if val_ds is not None and d.main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+            eval_result = evaluate_retrieval(model, val_ds, cfg, device)
+            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_result.items()))
+            if log.tb is not None:
+                for k, v in eval_result.items():
+                    log.tb.add_scalar(f"eval/{k}", v, step)
+        if d.main and (step % cfg.save_every == 0 or step == total):
+            last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_images": skipped_total}, cfg.keep_checkpoints)
+            plot_losses(out)
+        if d.world_size > 1 and step % cfg.save_every == 0:
+            dist.barrier()  # nobody runs ahead of a checkpoint being written
+    bar.close()
+    rate = 0.0
+    if d.main:
+        log.close()
+        plot_losses(out)
+        with open(out / "metrics.csv", newline="") as f:
+            rates = [float(r["images_per_s"]) for r in csv.DictReader(f)]
+        rate = sum(rates[1:]) / max(1, len(rates) - 1) if len(rates) > 1 else (rates[0] if rates else 0.0)
+    if d.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return TrainResult(out, step, last_loss, rate, skipped_total, last_ckpt, eval_result)

@@ -1,0 +1,79 @@
+"""The image tower: a timm Vision Transformer, trained from scratch, read as patch tokens.
+
+FLAME projects every patch token (not a pooled vector) into the LLM's space, so the tower's job is
+to hand back the final-layer patch tokens [B, N, w]. timm's ``forward_features`` gives all tokens,
+prefix tokens (CLS, registers, distillation) first; ``num_prefix_tokens`` says how many to drop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models.vision_transformer import VisionTransformer
+
+if TYPE_CHECKING:
+    from ..model import ModelConfig
+
+
+class ImageTower(nn.Module):
+    """A timm ViT trunk whose output is its patch tokens, prefix tokens removed."""
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        if not hasattr(trunk, "num_prefix_tokens") or not hasattr(trunk, "forward_features"):
+            raise ValueError(
+                f"the image tower must be a ViT-style timm model (tokens [B, N, w] with "
+                f"num_prefix_tokens); {type(trunk).__name__} is not"
+            )
+        self.trunk = trunk
+        self.num_prefix_tokens = int(trunk.num_prefix_tokens)
+        self.width = int(trunk.num_features)
+        grid = getattr(getattr(trunk, "patch_embed", None), "grid_size", None)
+        self.num_patches = int(grid[0] * grid[1]) if grid is not None else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, N, w] of the last layer (after the trunk's final norm)."""
+        x = self.trunk.forward_features(images)
+        if x.ndim != 3:
+            raise ValueError(f"expected tokens [B, N, w] from the trunk, got shape {list(x.shape)}")
+        return x[:, self.num_prefix_tokens :]
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens [B, w], before any projector: the features a linear probe reads."""
+        return self(images).mean(dim=1)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.set_grad_checkpointing(enable)
+
+
+def build_image_tower(cfg: ModelConfig) -> ImageTower:
+    """A randomly initialised ViT: a timm model by name, or a small one from ``cfg`` ("custom").
+
+    ``num_classes=0`` drops the classifier and ``global_pool=''`` keeps timm from building
+    pooling-only modules (fc_norm, attention pool) and from moving the final norm behind the pool:
+    we pool the patch tokens ourselves, and a module that no loss ever reaches would sit untrained
+    in the checkpoint (and make DDP demand find_unused_parameters).
+    """
+    common = dict(num_classes=0, global_pool="", img_size=cfg.image_size)
+    if cfg.vision == "custom":
+        if cfg.image_size % cfg.patch_size:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        if cfg.vision_width % cfg.vision_heads:
+            raise ValueError(f"vision_width {cfg.vision_width} is not divisible by vision_heads {cfg.vision_heads}")
+        trunk = VisionTransformer(
+            patch_size=cfg.patch_size,
+            embed_dim=cfg.vision_width,
+            depth=cfg.vision_depth,
+            num_heads=cfg.vision_heads,
+            **common,
+        )
+    else:
+        # pretrained=False: FLAME trains the image tower from scratch, and nothing may be downloaded.
+        trunk = timm.create_model(cfg.vision, pretrained=False, **common)
+    tower = ImageTower(trunk)
+    if cfg.grad_checkpointing:
+        tower.set_grad_checkpointing(True)
+    return tower
