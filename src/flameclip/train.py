@@ -218,7 +218,8 @@ def plot_losses(out: Path) -> Path | None:
     ax2 = ax.twinx()
     ax2.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
     ax2.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    handles = ax.get_lines() + ax2.get_lines()
+    ax.legend(handles, [h.get_label() for h in handles], loc="center right")
     ax.set_title(out.name)
     fig.tight_layout()
     png = out / "loss_curve.png"
@@ -290,7 +291,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
     model = FlameModel(cfg.model).to(device)
     opt = build_optimizer(model, cfg)
-    start_step, skipped_total = 0, 0
+    start_step, skipped = 0, set()
     ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
     if not cfg.resume and any(checkpoint_dir(out).glob("step-*")):
         raise DataError(f"{out} already holds checkpoints: pass resume=latest to continue, or choose a new out folder")
@@ -300,7 +301,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start_step, skipped_total = state["step"], state.get("skipped_images", 0)
+        start_step, skipped = state["step"], set(state.get("skipped_ids", []))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
@@ -328,9 +329,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             images, texts, bad = next(it)
-            skipped_total += len(bad)
-            if bad and d.main:
-                tqdm.write(f"skipped unreadable image(s): " + "; ".join(f"{i} ({p}, {e})" for i, p, e in bad[:3]))
+            new = [b for b in bad if b[0] not in skipped]
+            skipped.update(b[0] for b in bad)
+            if new and d.main:  # say it once per image; the total is in the summary
+                tqdm.write("skipped unreadable image(s), replaced by the next sample: "
+                           + "; ".join(f"{i} ({p}: {e})" for i, p, e in new[:3]))
             # Only the last micro-batch synchronises gradients across processes.
             sync = micro == cfg.grad_accum - 1 or d.world_size == 1
             with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
@@ -357,7 +360,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             scale, bias = model.logit_params()
             log.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
                      "logit_scale": scale.item(), "logit_bias": bias.item(),
-                     "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": skipped_total})
+                     "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": len(skipped)})
             t_last, images_since = now, 0
         if val_ds is not None and d.main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
             eval_result = evaluate_retrieval(model, val_ds, cfg, device)
@@ -366,7 +369,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 for k, v in eval_result.items():
                     log.tb.add_scalar(f"eval/{k}", v, step)
         if d.main and (step % cfg.save_every == 0 or step == total):
-            last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_images": skipped_total}, cfg.keep_checkpoints)
+            last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
             plot_losses(out)
         if d.world_size > 1 and step % cfg.save_every == 0:
             dist.barrier()  # nobody runs ahead of a checkpoint being written
@@ -381,4 +384,4 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     if d.world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(out, step, last_loss, rate, skipped_total, last_ckpt, eval_result)
+    return TrainResult(out, step, last_loss, rate, len(skipped), last_ckpt, eval_result)

@@ -1,0 +1,180 @@
+"""The training loop on real images and a real SmolLM2 store: learning, resume, torchrun, baseline."""
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flameclip.config import load_config
+from flameclip.data.images import DataError, EpochBatchSampler
+from flameclip.embed import EmbedConfig, run_embed
+from flameclip.model import FlameModel
+from flameclip.train import train
+
+from .shapes_data import make_shapes
+
+TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_depth=2",
+        "model.vision_heads=2", "workers=0", "precision=fp32", "warmup_steps=2", "log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes")
+    d = make_shapes(folder, n=40, size=48, corrupt=1)
+    run_embed(EmbedConfig(captions=str(d["captions"]), out=str(folder / "store"),
+                          prompts={"raw": "single", "short": "short3"}), progress=False)
+    d["store"] = folder / "store"
+    return d
+
+
+def cfg_for(data, out, *extra):
+    return load_config(None, [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={out}",
+                              "batch_size=8", "positives=2", *TINY, *extra])
+
+
+def _metrics(out: Path):
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_flame_training_learns_and_writes_a_run_folder(data, tmp_path):
+    out = tmp_path / "run"
+    res = train(cfg_for(data, out, "epochs=6", "lr=2e-3", "save_every=100"), progress=False)
+    rows = _metrics(out)
+    assert res.steps == 6 * (40 // 8) == len(rows)
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.7 * first, (first, last)
+    for name in ("config.toml", "metrics.csv", "loss_curve.png", "tensorboard"):
+        assert (out / name).exists(), name
+    # The corrupt image was skipped, counted once, and the batches kept their size.
+    assert res.skipped_images == 1
+    # The resolved config reloads to the same settings.
+    again = load_config(str(out / "config.toml"))
+    assert again.model.vision_width == 32 and again.positives == 2 and again.store == str(data["store"])
+    # The checkpoint is a loadable model that records the LLM it expects, not the LLM itself.
+    m = FlameModel.from_pretrained(res.checkpoint)
+    assert m.cfg.llm["llm"] == "smollm2-135m" and len(m.cfg.llm["weights_sha256"]) == 64
+    assert not any(p.suffix in (".bin", ".pt") and p.name != "trainer_state.pt" for p in res.checkpoint.iterdir())
+
+
+def _run_cli(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "flameclip.cli", "train", "--no-progress", *args],
+                            env=env or dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _overrides(data, out, *extra):
+    return [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={out}", "batch_size=8",
+            "positives=2", *TINY, *extra]
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
+    common = ["epochs=3", "save_every=2", "keep_checkpoints=10"]
+    full = tmp_path / "full"
+    p = _run_cli(_overrides(data, full, *common))
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+
+    cut = tmp_path / "cut"
+    p = _run_cli(_overrides(data, cut, *common))
+    ckpt = cut / "checkpoints" / "step-0000004"
+    deadline = time.time() + 600
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert ckpt.exists() and not (cut / "checkpoints" / "step-0000015").exists(), "the kill must land mid-run"
+
+    p = _run_cli(_overrides(data, cut, *common, "resume=latest"))
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    a = load_file(full / "checkpoints" / "step-0000015" / "model.safetensors")
+    b = load_file(cut / "checkpoints" / "step-0000015" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # The metrics log of the resumed run has each step once.
+    steps = [int(r["step"]) for r in _metrics(cut)]
+    assert steps == sorted(set(steps)) and steps[-1] == 15
+
+
+def test_torchrun_two_processes_match_one_process(data, tmp_path):
+    # One process with batch 8 and two with batch 4 see the same global batches, so after the same
+    # steps the weights must agree (up to float summation order).
+    one = tmp_path / "one"
+    res = train(cfg_for(data, one, "max_steps=3", "save_every=100", "lr=1e-3"), progress=False)
+    two = tmp_path / "two"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = _overrides(data, two, "max_steps=3", "save_every=100", "lr=1e-3")
+    args[args.index("batch_size=8")] = "batch_size=4"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "flameclip.cli", "train", "--no-progress", *args]
+    r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_file(res.checkpoint / "model.safetensors")
+    b = load_file(two / "checkpoints" / "step-0000003" / "model.safetensors")
+    worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-8)).item() for k in a)
+    assert worst < 1e-3
+    # ... and they did move away from the initial weights (so agreeing is not trivial).
+    init = FlameModel(FlameModel.from_pretrained(res.checkpoint).cfg).state_dict()
+    assert any(not torch.allclose(init[k], a[k]) for k in a)
+    la = [float(r["loss"]) for r in _metrics(one)]
+    lb = [float(r["loss"]) for r in _metrics(two)]
+    assert la == pytest.approx(lb, rel=1e-4)
+
+
+def test_clip_baseline_trains_from_the_same_loop(data, tmp_path):
+    out = tmp_path / "clip"
+    cfg = load_config(None, [f"train_manifest={data['manifest']}", f"captions={data['captions']}", f"out={out}",
+                             "batch_size=8", 'text_columns=["raw","short"]', "model.text_tower=clip",
+                             "model.embed_dim=32", "model.clip_width=32", "model.clip_layers=1", "model.clip_heads=2",
+                             "loss=softmax", "epochs=4", "lr=2e-3", "save_every=100", *TINY])
+    res = train(cfg, progress=False)
+    rows = _metrics(out)
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    m = FlameModel.from_pretrained(res.checkpoint)
+    assert m.cfg.text_tower == "clip" and m.text_encoder is not None
+
+
+def test_ids_missing_from_the_store_are_listed(data, tmp_path):
+    extra = tmp_path / "manifest.jsonl"
+    extra.write_text(Path(data["manifest"]).read_text() + '{"id": "ghost1", "image": "x.png"}\n'
+                     '{"id": "ghost2", "image": "y.png"}\n')
+    cfg = cfg_for(data, tmp_path / "r")
+    cfg.train_manifest, cfg.image_root = str(extra), str(Path(data["manifest"]).parent)
+    with pytest.raises(DataError, match="2 image id\\(s\\) are not in the embedding store .*ghost1, ghost2"):
+        train(cfg, progress=False)
+
+
+def test_a_fresh_run_refuses_to_overwrite_checkpoints(data, tmp_path):
+    out = tmp_path / "run"
+    train(cfg_for(data, out, "max_steps=1", "save_every=1"), progress=False)
+    with pytest.raises(DataError, match="resume=latest"):
+        train(cfg_for(data, out, "max_steps=1", "save_every=1"), progress=False)
+
+
+def test_sampler_splits_global_batches_across_ranks():
+    one = list(EpochBatchSampler(20, 8, epoch=0, seed=3))
+    r0 = list(EpochBatchSampler(20, 4, epoch=0, seed=3, rank=0, world_size=2))
+    r1 = list(EpochBatchSampler(20, 4, epoch=0, seed=3, rank=1, world_size=2))
+    assert [a + b for a, b in zip(r0, r1)] == one and len(one) == 2
+    assert list(EpochBatchSampler(20, 8, epoch=0, seed=3, start_batch=1)) == one[1:]
+    assert list(EpochBatchSampler(20, 8, epoch=1, seed=3)) != one
+
+
+def test_config_file_and_overrides(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('lr = 1e-3\nbetas = [0.9, 0.98]\n[model]\nvision_depth = 3\n')
+    cfg = load_config(str(p), ["model.vision_depth=5", "resume=latest", "lr=2"])
+    assert cfg.model.vision_depth == 5 and cfg.resume == "latest" and cfg.betas == (0.9, 0.98)
+    assert cfg.lr == 2.0 and isinstance(cfg.lr, float)
+    with pytest.raises(ValueError, match="unknown setting 'lrr'"):
+        load_config(str(p), ["lrr=1"])
