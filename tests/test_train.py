@@ -178,3 +178,20 @@ def test_config_file_and_overrides(tmp_path):
     assert cfg.lr == 2.0 and isinstance(cfg.lr, float)
     with pytest.raises(ValueError, match="unknown setting 'lrr'"):
         load_config(str(p), ["lrr=1"])
+
+
+def test_webdataset_shards_train_exactly_like_the_manifest(data, tmp_path):
+    import webdataset as wds
+
+    folder = Path(data["manifest"]).parent
+    ids = sorted(p.stem for p in (folder / "images").glob("*.png"))
+    for shard, chunk in enumerate((ids[:25], ids[25:])):
+        with wds.TarWriter(str(tmp_path / f"part-{shard:03d}.tar")) as sink:
+            for sid in chunk:
+                sink.write({"__key__": sid, "png": (folder / "images" / f"{sid}.png").read_bytes(), "txt": "x"})
+    a = train(cfg_for(data, tmp_path / "m", "max_steps=4", "save_every=100"), progress=False)
+    cfg = cfg_for(data, tmp_path / "w", "max_steps=4", "save_every=100")
+    cfg.train_manifest = str(tmp_path / "part-{000..001}.tar")
+    b = train(cfg, progress=False)
+    assert [r["loss"] for r in _metrics(tmp_path / "m")] == [r["loss"] for r in _metrics(tmp_path / "w")]
+    assert a.skipped_images == b.skipped_images == 1

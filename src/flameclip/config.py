@@ -21,7 +21,7 @@ from .model import ModelConfig
 @dataclass
 class TrainConfig:
     # data
-    train_manifest: str = ""  # jsonl/csv/parquet with id and image columns
+    train_manifest: str = ""  # jsonl/csv/parquet with id and image columns, or webdataset shards (a/{000..009}.tar)
     image_root: str = ""  # folder that relative image paths start from (default: the manifest's folder)
     store: str = ""  # embedding store made by `flameclip embed` (FLAME)
     captions: str = ""  # captions file (CLIP baseline: its text tower reads raw text)

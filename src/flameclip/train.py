@@ -34,7 +34,7 @@ from .data.images import (
     StoreText,
     collate,
     default_workers,
-    read_image_manifest,
+    read_images,
 )
 from .data.transforms import eval_transform, train_transform
 from .losses import build_loss
@@ -91,7 +91,7 @@ def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def build_dataset(cfg: TrainConfig, manifest: str, train: bool):
-    records = read_image_manifest(manifest, cfg.image_root or None)
+    records = read_images(manifest, cfg.image_root or None)
     if cfg.model.text_tower == "llm":
         if not cfg.store:
             raise DataError("FLAME training needs `store` (the folder made by `flameclip embed`)")
@@ -258,6 +258,31 @@ def evaluate_retrieval(model: FlameModel, ds, cfg: TrainConfig, device, max_imag
 # The loop
 
 
+def train_step(ddp_model, model: FlameModel, loss_fn, opt, micro_batches, device, autocast, grad_clip: float = 0.0):
+    """One optimiser step over ``micro_batches`` of (images, texts); returns the summed loss (a tensor).
+
+    With gradient accumulation each micro-batch is its own contrastive problem (its negatives are
+    the texts of that micro-batch across processes), and the losses are averaged.
+    """
+    n = len(micro_batches)
+    loss_sum = torch.zeros((), device=device)
+    for i, (images, texts) in enumerate(micro_batches):
+        # Only the last micro-batch synchronises gradients across processes.
+        sync = i == n - 1 or not hasattr(ddp_model, "no_sync")
+        with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
+            with autocast:
+                outs = ddp_model(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
+            loss = loss_fn(outs["image_features"].float(), outs["text_features"].float(),
+                           outs["logit_scale"].float(), outs["logit_bias"].float()) / n
+            loss.backward()
+        loss_sum += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_sum
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -326,28 +351,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             it = iter(loader_for(train_ds, cfg, d, epoch))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, total)
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
+        micro_batches = []
+        for _ in range(cfg.grad_accum):
             images, texts, bad = next(it)
             new = [b for b in bad if b[0] not in skipped]
             skipped.update(b[0] for b in bad)
             if new and d.main:  # say it once per image; the total is in the summary
                 tqdm.write("skipped unreadable image(s), replaced by the next sample: "
                            + "; ".join(f"{i} ({p}: {e})" for i, p, e in new[:3]))
-            # Only the last micro-batch synchronises gradients across processes.
-            sync = micro == cfg.grad_accum - 1 or d.world_size == 1
-            with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
-                with autocast:
-                    outs = ddp_model(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
-                loss = loss_fn(outs["image_features"].float(), outs["text_features"].float(),
-                               outs["logit_scale"].float(), outs["logit_bias"].float()) / cfg.grad_accum
-                loss.backward()
-            loss_sum += loss.detach()
+            micro_batches.append((images, texts))
             images_since += images.shape[0] * d.world_size
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss_sum = train_step(ddp_model, model, loss_fn, opt, micro_batches, device, autocast, cfg.grad_clip)
         step += 1
         if d.world_size > 1:  # log the global loss, not this rank's share
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)

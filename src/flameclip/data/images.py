@@ -10,6 +10,7 @@ uninterrupted run would, whatever the number of loader workers.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,60 @@ class DataError(ValueError):
     """Training data that cannot be used as given; one line that says what to do."""
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 @dataclass
 class ImageRecord:
     id: str
-    path: str
+    path: str  # an image file, or the tar shard that holds the image
+    offset: int = -1  # byte offset of the image inside the tar shard (-1: a plain file)
+    size: int = 0
+
+
+def read_webdataset(pattern: str) -> list[ImageRecord]:
+    """Index webdataset tar shards for random access: one record per sample key with an image.
+
+    Samples follow the webdataset convention (files sharing a key up to the first dot of their
+    name form one sample); the sample key is the id joined to the store. Only tar headers are read,
+    so indexing is fast, and random access keeps training order, resume and the global-batch
+    split across processes exactly as for a manifest.
+    """
+    import tarfile
+
+    from braceexpand import braceexpand
+
+    shards = [p for part in pattern.split("::") for p in braceexpand(part)]
+    out, seen = [], {}
+    for shard in shards:
+        if not Path(shard).exists():
+            raise DataError(f"{shard}: webdataset shard not found")
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                for m in tar:
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    stem, dot, ext = base.partition(".")
+                    if not dot or "." + ext.lower().rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS:
+                        continue
+                    key = f"{folder}/{stem}" if folder else stem
+                    if key in seen:
+                        raise DataError(f"{shard}: sample '{key}' has two images (also in {seen[key]})")
+                    seen[key] = shard
+                    out.append(ImageRecord(key, shard, m.offset_data, m.size))
+        except tarfile.TarError as e:
+            raise DataError(f"{shard}: not a readable tar shard ({e})") from None
+    if not out:
+        raise DataError(f"{pattern}: no images found in the webdataset shards")
+    return out
+
+
+def read_images(source: str, image_root: str | None = None) -> list[ImageRecord]:
+    """A manifest file (jsonl/csv/tsv/parquet) or webdataset shards (``data/{000..009}.tar``)."""
+    if ".tar" in source:
+        return read_webdataset(source)
+    return read_image_manifest(source, image_root)
 
 
 def read_image_manifest(path: str | Path, image_root: str | Path | None = None, id_column: str = "id",
@@ -122,6 +173,12 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def _load(self, rec: ImageRecord) -> Image.Image:
+        if rec.offset >= 0:  # inside a tar shard
+            with open(rec.path, "rb") as f:
+                f.seek(rec.offset)
+                data = f.read(rec.size)
+            with Image.open(io.BytesIO(data)) as im:
+                return im.convert("RGB")
         with Image.open(rec.path) as im:
             return im.convert("RGB")
 
