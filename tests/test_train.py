@@ -40,6 +40,21 @@ def cfg_for(data, out, *extra):
                               "batch_size=8", "positives=2", *TINY, *extra])
 
 
+def initial_weights(checkpoint, seed: int = 0):
+    """The weights a run with this checkpoint's config starts from (train seeds, then builds)."""
+    cfg = FlameModel.from_pretrained(checkpoint).cfg
+    torch.manual_seed(seed)
+    return FlameModel(cfg).state_dict()
+
+
+def test_initial_weights_are_what_training_starts_from(data, tmp_path):
+    # With lr = 0 nothing moves, so the checkpoint must equal initial_weights(): the other tests'
+    # "the weights moved" checks compare against the true starting point.
+    res = train(cfg_for(data, tmp_path / "r", "max_steps=1", "lr=0", "save_every=100"), progress=False)
+    init, ckpt = initial_weights(res.checkpoint), FlameModel.from_pretrained(res.checkpoint).state_dict()
+    assert all(torch.equal(init[k], ckpt[k]) for k in init)
+
+
 def _metrics(out: Path):
     with open(out / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -124,8 +139,7 @@ def test_torchrun_two_processes_match_one_process(data, tmp_path):
     worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-8)).item() for k in a)
     assert worst < 1e-3
     # ... and they did move away from the initial weights (so agreeing is not trivial).
-    init = FlameModel(FlameModel.from_pretrained(res.checkpoint).cfg).state_dict()
-    assert any(not torch.allclose(init[k], a[k]) for k in a)
+    assert any(not torch.allclose(initial_weights(res.checkpoint)[k], a[k]) for k in a)
     la = [float(r["loss"]) for r in _metrics(one)]
     lb = [float(r["loss"]) for r in _metrics(two)]
     assert la == pytest.approx(lb, rel=1e-4)
@@ -195,3 +209,17 @@ def test_webdataset_shards_train_exactly_like_the_manifest(data, tmp_path):
     b = train(cfg, progress=False)
     assert [r["loss"] for r in _metrics(tmp_path / "m")] == [r["loss"] for r in _metrics(tmp_path / "w")]
     assert a.skipped_images == b.skipped_images == 1
+
+
+def test_grad_accumulation_and_bf16_autocast(data, tmp_path):
+    cfg = cfg_for(data, tmp_path / "acc", "grad_accum=2", "precision=bf16", "epochs=1", "save_every=100")
+    cfg.batch_size = 4
+    res = train(cfg, progress=False)
+    # 40 images, 4 per micro-batch, 2 micro-batches per step: 5 optimiser steps.
+    assert res.steps == 5 and len(_metrics(tmp_path / "acc")) == 5
+    assert torch.isfinite(torch.tensor(res.final_loss))
+    # Accumulating two micro-batches is not one batch of 8 (negatives stay within a micro-batch),
+    # but it must still update the weights.
+    init = initial_weights(res.checkpoint)
+    trained = FlameModel.from_pretrained(res.checkpoint).state_dict()
+    assert any(not torch.allclose(init[k], trained[k]) for k in init)

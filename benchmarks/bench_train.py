@@ -1,0 +1,494 @@
+"""Training-step cost: flameclip against open_clip, and against a bare timm loop, in one run.
+
+Every side trains the same ViT size at the same batch size on tensors already in memory (no data
+loading: this measures the model and the step, not the input pipeline):
+
+    flameclip         FlameModel (text_tower="llm") + ``train_step`` + ``build_optimizer`` + the
+                      multi-positive sigmoid loss, P stored LLM embeddings [B, P, D] per image
+    flameclip-noproj  the same, with the per-token projector replaced by nn.Identity (D = tower
+                      width): the step without the method's own compute (the projector MLP)
+    flame-head        the projector + mean pooling + loss alone, forward, backward and AdamW on
+                      fixed patch tokens: a direct measurement of the method compute
+    bare-timm         the same timm ViT trunk: forward_features -> mean of the patch tokens ->
+                      ``.pow(2).mean()`` -> backward -> AdamW. The floor any ViT trainer pays
+    open_clip         ``open_clip.CLIP`` from scratch: its own ViT of the same width/depth/heads/
+                      patch/image size, a CLIP text transformer (ViT-B/32's by default: context 77,
+                      width 512, 12 layers, 8 heads) on random token ids, ``ClipLoss``, AdamW
+
+The sides are timed interleaved over several rounds (the side order rotates each round) and the
+medians are reported, with ratios: machines here are noisy, so absolute times mean little. Peak
+memory is measured per side in a fresh subprocess of this script (``--only SIDE``): on CUDA
+``torch.cuda.max_memory_allocated``, on CPU the growth of the peak RSS from before the model is
+built to after a few steps.
+
+    python benchmarks/bench_train.py                       # small ViT, CPU-sized, fp32
+    python benchmarks/bench_train.py --preset vit-b16 --precision bf16 --device cuda
+    python benchmarks/bench_train.py --text-layers 4 --text-width 256 --text-heads 4   # smaller CLIP text tower
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download anything
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import open_clip  # noqa: E402, F401  (imported up front: every memory child pays the same imports)
+from open_clip.loss import ClipLoss  # noqa: E402
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
+
+from flameclip.config import TrainConfig  # noqa: E402
+from flameclip.losses import build_loss  # noqa: E402
+from flameclip.model import FlameModel, ModelConfig  # noqa: E402
+from flameclip.train import build_optimizer, train_step  # noqa: E402
+from flameclip.vision import TokenProjector, build_image_tower  # noqa: E402
+
+CLIP_VOCAB = 49408
+PRESETS = {
+    # CPU-sized: a couple of minutes on 2 cores with the full ViT-B/32 text tower on the open_clip side
+    "small": dict(image_size=64, patch_size=8, width=192, depth=6, heads=3, batch_size=32, timm_name=None),
+    # for GPUs; the same architecture as timm's vit_base_patch16_224
+    "vit-b16": dict(image_size=224, patch_size=16, width=768, depth=12, heads=12, batch_size=128,
+                    timm_name="vit_base_patch16_224"),
+}
+SIDES = ("flameclip", "flameclip-noproj", "flame-head", "bare-timm", "open_clip")
+MEMORY_SIDES = ("flameclip", "flameclip-noproj", "bare-timm", "open_clip")
+MEM_TAG = "BENCH_TRAIN_MEMORY "
+
+
+# ----------------------------------------------------------------------------------------------
+# The sides. Each builder returns (step, info): ``step()`` runs one optimiser step on pre-made
+# tensors; info holds the trainable parameter count.
+
+
+def _autocast(args, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+
+
+def _model_config(args, text_dim: int) -> ModelConfig:
+    return ModelConfig(vision="custom", image_size=args.image_size, patch_size=args.patch_size,
+                       vision_width=args.width, vision_depth=args.depth, vision_heads=args.heads,
+                       text_dim=text_dim, text_tower="llm")
+
+
+def _train_config(args, mcfg: ModelConfig) -> TrainConfig:
+    return TrainConfig(model=mcfg, batch_size=args.batch_size, positives=args.positives, loss="sigmoid",
+                       precision=args.precision)
+
+
+def _adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The same AdamW as flameclip's (lr, betas, weight decay; none on <2-d params and listed
+    embeddings), for the models that are not a FlameModel."""
+    listed = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            dot = f"{prefix}." if prefix else ""
+            listed.update(dot + n for n in fn())
+    decay, keep = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (keep if p.ndim < 2 or name in listed else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def _n_params(*modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
+
+
+def _images(args, device):
+    return torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+
+
+def build_flameclip(args, device, projector: bool = True):
+    # Without the projector the tower's patch tokens are compared to the texts directly, so the
+    # stored embeddings must have the tower's width.
+    text_dim = args.text_dim if projector else args.width
+    mcfg = _model_config(args, text_dim)
+    cfg = _train_config(args, mcfg)
+    model = FlameModel(mcfg)
+    if not projector:
+        model.projector = nn.Identity()
+    model.to(device).train()
+    opt = build_optimizer(model, cfg)
+    loss_fn = build_loss(cfg.loss)
+    autocast = _autocast(args, device)
+    batch = [(_images(args, device), torch.randn(args.batch_size, args.positives, text_dim, device=device))]
+
+    def step():
+        train_step(model, model, loss_fn, opt, batch, device, autocast, cfg.grad_clip)
+
+    return step, {"params": _n_params(model)}
+
+
+def build_flame_head(args, device):
+    """Projector + pooling + sigmoid loss + their AdamW on fixed tower tokens (grad to the tokens too)."""
+    mcfg = _model_config(args, args.text_dim)
+    cfg = _train_config(args, mcfg)
+    n_tokens = (args.image_size // args.patch_size) ** 2
+    proj = TokenProjector(args.width, args.text_dim).to(device).train()
+    log_scale = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(mcfg.init_logit_scale))), device=device))
+    bias = nn.Parameter(torch.tensor(mcfg.init_logit_bias, device=device))
+    params = nn.ParameterList([log_scale, bias])
+    opt = _adamw(nn.ModuleList([proj, params]), cfg)
+    loss_fn = build_loss(cfg.loss)
+    autocast = _autocast(args, device)
+    tokens = torch.randn(args.batch_size, n_tokens, args.width, device=device, requires_grad=True)
+    texts = torch.randn(args.batch_size, args.positives, args.text_dim, device=device)
+
+    def step():
+        with autocast:
+            img = TokenProjector.pool(proj(tokens))
+            txt = F.normalize(texts, dim=-1)
+        loss = loss_fn(img.float(), txt.float(), log_scale.exp().clamp(max=mcfg.max_logit_scale), bias)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens.grad = None
+
+    return step, {"params": _n_params(proj, params)}
+
+
+def build_bare(args, device):
+    mcfg = _model_config(args, args.text_dim)
+    cfg = _train_config(args, mcfg)
+    # flameclip's tower builder only to get a trunk of exactly the same config; the step below
+    # calls timm directly and nothing of flameclip.
+    trunk = build_image_tower(mcfg).trunk.to(device).train()
+    prefix = int(trunk.num_prefix_tokens)
+    opt = _adamw(trunk, cfg)
+    autocast = _autocast(args, device)
+    images = _images(args, device)
+
+    def step():
+        with autocast:
+            pooled = trunk.forward_features(images)[:, prefix:].mean(dim=1)
+        loss = pooled.float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, {"params": _n_params(trunk)}
+
+
+def openclip_vision_cfg(args) -> CLIPVisionCfg:
+    if args.openclip_vision == "timm":
+        return CLIPVisionCfg(timm_model_name=args.timm_name, timm_model_pretrained=False, timm_pool="avg",
+                             timm_proj="linear", image_size=args.image_size)
+    return CLIPVisionCfg(layers=args.depth, width=args.width, head_width=args.width // args.heads, mlp_ratio=4.0,
+                         patch_size=args.patch_size, image_size=args.image_size)
+
+
+def build_openclip(args, device):
+    mcfg = _model_config(args, args.text_dim)
+    cfg = _train_config(args, mcfg)
+    text_cfg = CLIPTextCfg(context_length=args.context_length, vocab_size=CLIP_VOCAB, width=args.text_width,
+                           heads=args.text_heads, layers=args.text_layers)
+    model = CLIP(embed_dim=args.embed_dim, vision_cfg=openclip_vision_cfg(args), text_cfg=text_cfg,
+                 quick_gelu=False, output_dict=True).to(device).train()
+    opt = _adamw(model, cfg)
+    loss_fn = ClipLoss()
+    autocast = _autocast(args, device)
+    images = _images(args, device)
+    tokens = torch.randint(0, CLIP_VOCAB, (args.batch_size, args.context_length), device=device)
+
+    def step():
+        with autocast:
+            out = model(images, tokens)
+        # in fp32 outside autocast, as flameclip's train_step does with its loss
+        loss = loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"].float())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, {"params": _n_params(model), "vision_params": _n_params(model.visual)}
+
+
+def build_side(name: str, args, device):
+    torch.manual_seed(0)
+    if name == "flameclip":
+        return build_flameclip(args, device, projector=True)
+    if name == "flameclip-noproj":
+        return build_flameclip(args, device, projector=False)
+    if name == "flame-head":
+        return build_flame_head(args, device)
+    if name == "bare-timm":
+        return build_bare(args, device)
+    if name == "open_clip":
+        return build_openclip(args, device)
+    raise ValueError(f"unknown side {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing and memory
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _peak_rss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
+
+
+def measure_memory(name: str, args, device) -> dict:
+    """Run in a fresh process: peak memory of building ``name`` and running ``args.mem_steps`` steps."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _peak_rss_bytes()
+    step, info = build_side(name, args, device)
+    for _ in range(args.mem_steps):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        kind = "cuda max_memory_allocated"
+    else:
+        peak = _peak_rss_bytes()
+        kind = "peak RSS growth"
+    return {"side": name, "peak_mib": (peak - before) / 2**20, "kind": kind, "params": info["params"],
+            "process_peak_mib": peak / 2**20}
+
+
+def memory_in_subprocess(name: str, args) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--only", name, *child_argv(args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MEM_TAG):
+            return json.loads(line[len(MEM_TAG):])
+    sys.stderr.write(f"memory run for {name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n")
+    return None
+
+
+def child_argv(args) -> list[str]:
+    """The resolved settings, so a child builds exactly the same models."""
+    out = []
+    for key in ("device", "precision", "image_size", "patch_size", "width", "depth", "heads", "batch_size",
+                "positives", "text_dim", "embed_dim", "context_length", "text_width", "text_layers", "text_heads",
+                "openclip_vision", "timm_name", "mem_steps"):
+        value = getattr(args, key)
+        if value is not None:
+            out += [f"--{key.replace('_', '-')}", str(value)]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast on every side")
+    # ViT and batch (default: the preset's)
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--batch-size", type=int)
+    # flameclip text side
+    p.add_argument("--positives", type=int, default=6, help="P stored caption embeddings per image")
+    p.add_argument("--text-dim", type=int, default=576, help="D of the stored LLM embeddings (SmolLM2-135M: 576)")
+    # open_clip text side (default: ViT-B/32's text tower)
+    p.add_argument("--embed-dim", type=int, default=512, help="open_clip's shared embedding width")
+    p.add_argument("--context-length", type=int, default=77)
+    p.add_argument("--text-width", type=int, default=512)
+    p.add_argument("--text-layers", type=int, default=12)
+    p.add_argument("--text-heads", type=int, default=8)
+    p.add_argument("--openclip-vision", choices=("native", "timm"), default="native",
+                   help="open_clip's own ViT (default) or its timm adapter around the preset's timm model "
+                        "(only presets named after a timm model, e.g. vit-b16)")
+    p.add_argument("--timm-name", help=argparse.SUPPRESS)
+    # schedule
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before the first round")
+    p.add_argument("--rewarm", type=int, default=1, help="untimed steps per side at the start of every round")
+    p.add_argument("--mem-steps", type=int, default=2, help="steps run by each memory subprocess")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--target", type=float, default=10.0, help="overhead target over the bare loop, in percent")
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("--only", choices=MEMORY_SIDES, help=argparse.SUPPRESS)  # internal: one memory measurement
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for key in ("image_size", "patch_size", "width", "depth", "heads", "batch_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    if args.timm_name is None:
+        args.timm_name = preset["timm_name"]
+    if args.openclip_vision == "timm" and not args.timm_name:
+        p.error(f"--openclip-vision timm needs a preset named after a timm model; {args.preset!r} is a custom size")
+    if args.width % args.heads or args.image_size % args.patch_size:
+        p.error("width must be divisible by heads and image size by patch size")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    return args
+
+
+def median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+
+    if args.only:
+        print(MEM_TAG + json.dumps(measure_memory(args.only, args, device)), flush=True)
+        return 0
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {os.cpu_count()} cores"
+    print(f"device {args.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.precision}")
+    print(f"ViT: image {args.image_size}, patch {args.patch_size}, width {args.width}, depth {args.depth}, "
+          f"heads {args.heads}; batch {args.batch_size}")
+    print(f"flameclip: P={args.positives} stored embeddings of D={args.text_dim} per image, sigmoid loss")
+    vision = (f"timm {args.timm_name} via open_clip's TimmModel" if args.openclip_vision == "timm"
+              else "open_clip's native VisionTransformer")
+    print(f"open_clip: {vision}; text tower context {args.context_length}, width {args.text_width}, "
+          f"{args.text_layers} layers, {args.text_heads} heads; embed {args.embed_dim}; ClipLoss")
+
+    # Memory first, each side alone in a fresh process (nothing else runs meanwhile).
+    memory = {}
+    if not args.no_memory:
+        for side in MEMORY_SIDES:
+            t0 = time.perf_counter()
+            memory[side] = memory_in_subprocess(side, args)
+            print(f"  memory {side}: "
+                  + (f"{memory[side]['peak_mib']:.0f} MiB" if memory[side] else "failed")
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    steps, infos = {}, {}
+    for side in SIDES:
+        steps[side], infos[side] = build_side(side, args, device)
+        for _ in range(args.warmup):
+            steps[side]()
+    _sync(device)
+
+    times = {side: [] for side in SIDES}
+    per_round = []  # median step time of each side in each round
+    for r in range(args.rounds):
+        order = SIDES[r % len(SIDES):] + SIDES[: r % len(SIDES)]
+        this_round = {}
+        for side in order:
+            for _ in range(args.rewarm):
+                steps[side]()
+            ts = [timed(steps[side], device) for _ in range(args.steps)]
+            times[side] += ts
+            this_round[side] = statistics.median(ts)
+        per_round.append(this_round)
+        print(f"  round {r + 1}/{args.rounds}: "
+              + ", ".join(f"{s} {1000 * this_round[s]:.0f} ms" for s in SIDES), flush=True)
+
+    med = {side: median_ms(times[side]) for side in SIDES}
+    flame = med["flameclip"]
+    rows = []
+    print()
+    header = f"{'side':<18} {'params':>8} {'step ms':>9} {'images/s':>9} {'peak MiB':>9} {'time/flame':>11} {'mem/flame':>10}"
+    print(header)
+    print("-" * len(header))
+    for side in SIDES:
+        mem = memory.get(side)
+        mem_mib = mem["peak_mib"] if mem else None
+        flame_mem = memory.get("flameclip")
+        mem_ratio = mem_mib / flame_mem["peak_mib"] if mem_mib is not None and flame_mem else None
+        row = {
+            "side": side,
+            "params": infos[side]["params"],
+            "step_ms_median": med[side],
+            "step_ms_min": 1000 * min(times[side]),
+            "step_ms_max": 1000 * max(times[side]),
+            "images_per_s": args.batch_size / (med[side] / 1000),
+            "peak_mib": mem_mib,
+            "time_vs_flameclip": med[side] / flame,
+            "memory_vs_flameclip": mem_ratio,
+            "step_ms_all": [1000 * t for t in times[side]],
+        }
+        rows.append(row)
+        print(f"{side:<18} {row['params'] / 1e6:>7.2f}M {med[side]:>9.1f} {row['images_per_s']:>9.1f} "
+              f"{(f'{mem_mib:.0f}' if mem_mib is not None else '-'):>9} {row['time_vs_flameclip']:>10.2f}x "
+              f"{(f'{mem_ratio:.2f}x' if mem_ratio is not None else '-'):>10}")
+    mem_kind = next((m["kind"] for m in memory.values() if m), None)
+    if mem_kind:
+        print(f"(peak MiB: {mem_kind}, {args.mem_steps} steps, one fresh process per side; "
+              f"flame-head is not a training side and has none)")
+
+    # flameclip against open_clip
+    speedup = med["open_clip"] / flame
+    round_speedups = [pr["open_clip"] / pr["flameclip"] for pr in per_round]
+    print()
+    print(f"flameclip vs open_clip: {args.batch_size / flame * 1000:.1f} vs "
+          f"{args.batch_size / med['open_clip'] * 1000:.1f} images/s = {speedup:.2f}x the throughput "
+          f"(per round {min(round_speedups):.2f}x to {max(round_speedups):.2f}x)")
+
+    # flameclip against the bare timm loop, and where the difference goes
+    bare = med["bare-timm"]
+    overhead = flame / bare - 1
+    projector = (flame - med["flameclip-noproj"]) / bare
+    loop = (med["flameclip-noproj"] - bare) / bare
+    head = med["flame-head"] / bare
+    round_overheads = [pr["flameclip"] / pr["bare-timm"] - 1 for pr in per_round]
+    met = overhead * 100 <= args.target
+    print(f"flameclip over the bare timm loop: {100 * overhead:+.1f}% "
+          f"(per round {100 * min(round_overheads):+.1f}% to {100 * max(round_overheads):+.1f}%)")
+    print(f"  projector MLP (flameclip - flameclip-noproj):          {100 * projector:+.1f}% of the bare step")
+    print(f"  pooling + loss + loop (flameclip-noproj - bare-timm):  {100 * loop:+.1f}% of the bare step")
+    print(f"  cross-check, projector+pool+loss+AdamW alone (flame-head): {100 * head:.1f}% of the bare step")
+    print(f"target <= {args.target:.0f}% overhead: {'MET' if met else 'NOT MET'} ({100 * overhead:+.1f}%)"
+          + ("" if met or head * 100 <= args.target else
+             "; most of it is the projector itself, i.e. the method's compute, not loop overhead"
+             if projector > loop else ""))
+
+    if args.json:
+        result = {
+            "config": {k: v for k, v in vars(args).items() if k not in ("json", "only")},
+            "device_name": name,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "sides": rows,
+            "memory": memory,
+            "per_round_median_ms": [{s: 1000 * t for s, t in pr.items()} for pr in per_round],
+            "flameclip_vs_openclip_throughput": speedup,
+            "overhead_vs_bare": overhead,
+            "overhead_projector": projector,
+            "overhead_pool_loss_loop": loop,
+            "flame_head_vs_bare": head,
+            "target_met": met,
+        }
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
