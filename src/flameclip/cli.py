@@ -98,6 +98,59 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _add_eval(sub):
+    p = sub.add_parser("eval", help="zero-shot, retrieval, multilingual and linear-probe evaluation, side by side")
+    p.add_argument("--checkpoint", action="append", required=True, help="checkpoint folder (repeat to compare)")
+    p.add_argument("--label", action="append", default=[], help="a name per checkpoint, in order (default FLAME/CLIP)")
+    p.add_argument("--data", required=True, help="evaluation suite: a TOML file with [[task]] tables")
+    p.add_argument("--tasks", default="", help="comma-separated subset of the suite's tasks to run")
+    p.add_argument("--out", default="runs/eval", help="folder for results.json, report.md and plots")
+    p.add_argument("--text-cache", default=None, help="where LLM text embeddings are cached")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    return p
+
+
+def _labels(paths, given, models) -> list[str]:
+    if given and len(given) != len(paths):
+        raise ValueError(f"{len(given)} --label for {len(paths)} --checkpoint; give one label per checkpoint or none")
+    labels = list(given) or ["FLAME" if m.is_flame else "CLIP" for m in models]
+    seen = {}
+    for i, lab in enumerate(labels):  # make duplicates distinct with the folder name
+        if labels.count(lab) > 1:
+            seen[lab] = seen.get(lab, 0) + 1
+            labels[i] = f"{lab} ({os.path.basename(os.path.normpath(paths[i]))})"
+    return labels
+
+
+def cmd_eval(args) -> int:
+    from .evaluate.report import console_table, write_report
+    from .evaluate.tasks import Evaluator, load_suite
+    from .inference import load
+
+    specs = load_suite(args.data)
+    if args.tasks:
+        wanted = set(args.tasks.split(","))
+        specs = [s for s in specs if s.task in wanted or s.name in wanted]
+        if not specs:
+            raise ValueError(f"--tasks {args.tasks} matches no task of {args.data}")
+    models = [load(c, device=args.device, text_cache=args.text_cache) for c in args.checkpoint]
+    labels = _labels(args.checkpoint, args.label, models)
+    results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
+    for path, label, m in zip(args.checkpoint, labels, models):
+        results["checkpoints"].append({"label": label, "path": str(path), "text_tower": m.cfg.text_tower,
+                                       "llm": (m.cfg.llm or {}).get("llm")})
+        ev = Evaluator(m, batch_size=args.batch_size, workers=args.workers)
+        for spec in specs:
+            print(f"[{label}] {spec.task}: {spec.name}", file=sys.stderr)
+            results["results"].append({"checkpoint": label, **ev.run(spec)})
+    paths = write_report(results, args.out)
+    print(console_table(results))
+    print(f"report: {paths.get('report', args.out)}")
+    return 0
+
+
 def cmd_llms(args) -> int:
     import importlib.util
 
@@ -118,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_embed(sub)
     _add_train(sub)
+    _add_eval(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     args = parser.parse_args(argv)
     # Known, user-facing failures become one line on stderr and exit code 2; finished work is on disk.
@@ -128,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from .text.llm import LLMNotFoundError
 
     try:
-        return {"embed": cmd_embed, "train": cmd_train, "llms": cmd_llms}[args.command](args)
+        return {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms}[args.command](args)
     except (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
             ValueError) as e:
         if os.environ.get("FLAMECLIP_DEBUG"):

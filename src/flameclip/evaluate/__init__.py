@@ -1,0 +1,1 @@
+"""Evaluation of trained models: retrieval, zero-shot classification and linear probes."""

@@ -1,0 +1,157 @@
+"""Evaluation data: classification sets (ImageFolder or manifest) and retrieval manifests.
+
+Evaluation never skips quietly: an unreadable image or a caption without an image stops with a
+message that names the files, so no number is computed on a partial set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..data.captions import iter_records
+from ..data.images import IMAGE_EXTENSIONS, DataError
+
+
+@dataclass
+class ClassificationSet:
+    name: str
+    images: list[str]
+    labels: list[int]
+    classnames: list[str]
+
+    def counts(self) -> dict:
+        return {"images": len(self.images), "classes": len(self.classnames)}
+
+
+@dataclass
+class RetrievalSet:
+    name: str
+    images: list[str]
+    texts: list[str]
+    text_to_image: list[int]
+    languages: list[str] | None = None
+
+    def counts(self) -> dict:
+        c = {"images": len(self.images), "texts": len(self.texts)}
+        if self.languages is not None:
+            c["languages"] = len(set(self.languages))
+        return c
+
+
+def _resolve(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p if p.is_absolute() else root / p)
+
+
+def load_classification(name: str, path: str, classnames: list[str] | None = None, image_column: str = "image",
+                        label_column: str = "label") -> ClassificationSet:
+    """An ImageFolder tree (``root/<class>/<image>``) or a manifest with image and label columns."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: evaluation data not found")
+    images, labels = [], []
+    if p.is_dir():
+        folders = sorted(d for d in p.iterdir() if d.is_dir())
+        if not folders:
+            raise DataError(f"{p}: an ImageFolder needs one sub-folder per class")
+        names = [d.name.replace("_", " ") for d in folders]
+        if classnames is not None and len(classnames) != len(names):
+            raise DataError(f"{p}: {len(folders)} class folders but {len(classnames)} class names given")
+        classnames = classnames or names
+        for i, d in enumerate(folders):
+            for f in sorted(d.iterdir()):
+                if f.suffix.lower() in IMAGE_EXTENSIONS:
+                    images.append(str(f))
+                    labels.append(i)
+    else:
+        rows = [(n, r) for n, r in iter_records(p)]
+        found = [str(r.get(label_column, "")) for _, r in rows]
+        classnames = classnames or sorted(set(found))
+        index = {c: i for i, c in enumerate(classnames)}
+        for (n, r), lab in zip(rows, found):
+            if lab not in index:
+                raise DataError(f"{p}: record {n} has label '{lab}', which is not one of the {len(classnames)} class names")
+            if not r.get(image_column):
+                raise DataError(f"{p}: record {n} has no '{image_column}'")
+            images.append(_resolve(str(r[image_column]), p.parent))
+            labels.append(index[lab])
+    if not images:
+        raise DataError(f"{p}: no images")
+    return ClassificationSet(name, images, labels, list(classnames))
+
+
+def load_retrieval(name: str, path: str, image_column: str = "image", caption_column: str = "caption",
+                   language_column: str | None = None) -> RetrievalSet:
+    """A manifest with an image and one caption (or a list of captions) per record.
+
+    Records naming the same image add captions to it; with ``language_column`` every caption
+    carries its language (multilingual retrieval).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: evaluation data not found")
+    images, index, texts, t2i, langs = [], {}, [], [], []
+    for n, r in iter_records(p):
+        img, cap = r.get(image_column), r.get(caption_column)
+        if not img:
+            raise DataError(f"{p}: record {n} has no '{image_column}'")
+        caps = cap if isinstance(cap, list) else ([] if cap is None else [cap])
+        if isinstance(cap, str) and cap.startswith("["):
+            caps = json.loads(cap)  # a list stored as text in csv
+        caps = [str(c) for c in caps if str(c).strip()]
+        if not caps:
+            raise DataError(f"{p}: record {n} ('{img}') has no caption: every query needs a positive and vice versa")
+        path_ = _resolve(str(img), p.parent)
+        if path_ not in index:
+            index[path_] = len(images)
+            images.append(path_)
+        for c in caps:
+            texts.append(c)
+            t2i.append(index[path_])
+            if language_column:
+                if not r.get(language_column):
+                    raise DataError(f"{p}: record {n} has no '{language_column}'")
+                langs.append(str(r[language_column]))
+    if not texts:
+        raise DataError(f"{p}: no captions")
+    return RetrievalSet(name, images, texts, t2i, langs if language_column else None)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths, transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as im:
+                return self.transform(im.convert("RGB")), i, ""
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            return torch.zeros(0), i, f"{self.paths[i]} ({type(e).__name__})"
+
+
+def _collate(batch):
+    return batch
+
+
+def iterate_images(paths: list[str], transform, batch_size: int = 64, workers: int = 0):
+    """Yield (pixels [B, 3, H, W], indices) in order; raise once with every unreadable file named."""
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size,
+                                         num_workers=workers, collate_fn=_collate)
+    bad, out = [], []
+    for batch in loader:
+        bad += [err for _, _, err in batch if err]
+        good = [(x, i) for x, i, err in batch if not err]
+        if good and not bad:
+            out.append((torch.stack([x for x, _ in good]), [i for _, i in good]))
+    if bad:
+        raise DataError(f"{len(bad)} unreadable image(s), e.g. {'; '.join(bad[:3])}: fix or remove them from the "
+                        "evaluation set (no metric is computed on a partial set)")
+    yield from out

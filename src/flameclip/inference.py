@@ -1,0 +1,255 @@
+"""Inference: ``flameclip.load(checkpoint)`` -> a model with ``encode_image`` / ``encode_text``.
+
+For a FLAME checkpoint a text goes through the frozen LLM (the one recorded in the checkpoint, by
+name and weights hash) under a prompt set, and then through the model's (usually empty) text side:
+
+* ``mode="single"``: the single prompt; zero-shot class names, short and non-English queries;
+* ``mode="long7"`` (or ``"short3"``): the facet states are averaged, then normalised; long queries.
+
+LLM outputs are cached on disk in an embedding store keyed by the LLM's fingerprint, the prompt
+set and the texts, so a second checkpoint trained on the same LLM, or a second evaluation, does not
+run the LLM again; the LLM is loaded only on a cache miss.
+
+The CLIP-benchmark contract is met by :meth:`FlameCLIP.as_clip_benchmark`, which returns
+``(model, transform, tokenizer)`` where ``tokenizer(texts)`` gives what ``model.encode_text`` takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data.transforms import eval_transform
+from .model import FlameModel
+from .text.llm import cache_dir
+
+
+def _text_cache_root() -> Path:
+    return cache_dir() / "text-embeddings"
+
+
+class TextEmbeddingCache:
+    """LLM facet states ``[N, K, D]`` of texts, memoised per text on disk and in memory.
+
+    Under ``root/<llm + prompt set>/`` every computation writes one embedding store whose ids are
+    the texts' hashes; a lookup checks the stores already there (O(1) per id) and runs the LLM only
+    for texts none of them holds. The stores carry the LLM fingerprint, so a stale folder is ignored.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else _text_cache_root()
+        self._memo: dict[tuple[str, str], np.ndarray] = {}
+        self._stores: dict[str, object] = {}
+
+    @staticmethod
+    def text_id(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def folder(self, llm_fp: dict, prompt_set) -> Path:
+        h = hashlib.sha256(json.dumps(llm_fp, sort_keys=True).encode() + prompt_set.fingerprint().encode())
+        return self.root / h.hexdigest()[:24]
+
+    def _open_stores(self, folder: Path, llm_fp: dict):
+        from .store import EmbeddingStore
+
+        for sub in sorted(folder.glob("*")) if folder.exists() else []:
+            if str(sub) in self._stores or not (sub / "manifest.json").exists():
+                continue
+            try:
+                self._stores[str(sub)] = EmbeddingStore(sub, expect_fingerprint=llm_fp)
+            except (ValueError, RuntimeError, FileNotFoundError):
+                self._stores[str(sub)] = None  # incomplete or foreign: ignore it
+        return [st for key, st in self._stores.items() if st is not None and key.startswith(str(folder))]
+
+    def get_or_compute(self, llm_fp: dict, prompt_set, texts: list[str], encoder_factory, progress: bool = False):
+        from .store import StoreWriter
+
+        folder = self.folder(llm_fp, prompt_set)
+        fkey = str(folder)
+        unique = list(dict.fromkeys(texts))
+        ids = {t: self.text_id(t) for t in unique}
+        missing = [t for t in unique if (fkey, ids[t]) not in self._memo]
+        if missing:
+            for store in self._open_stores(folder, llm_fp):
+                for t in [t for t in missing if ids[t] in store]:
+                    self._memo[(fkey, ids[t])] = store.get(ids[t])
+                missing = [t for t in missing if (fkey, ids[t]) not in self._memo]
+                if not missing:
+                    break
+        if missing:
+            states = encoder_factory().encode(missing, prompt_set, progress=progress).numpy()
+            new_ids = [ids[t] for t in missing]
+            sub = folder / hashlib.sha256("\n".join(new_ids).encode()).hexdigest()[:16]
+            writer = StoreWriter(sub, fingerprint=llm_fp, columns=[{"name": "text", "k": prompt_set.k}],
+                                 dim=states.shape[-1], ids=new_ids, shard_size=4096, dtype="fp32")
+            for j in writer.pending_shards():
+                lo, hi = writer.shard_range(j)
+                writer.write_shard(j, states[lo:hi])
+            writer.finalize()
+            for t, row in zip(missing, states):
+                self._memo[(fkey, ids[t])] = row
+        return torch.from_numpy(np.stack([self._memo[(fkey, ids[t])] for t in texts]))
+
+
+class FlameCLIP:
+    """A trained checkpoint ready for inference (FLAME or the CLIP baseline)."""
+
+    def __init__(self, model: FlameModel, device="cpu", llm: str | None = None, llm_dtype: str = "fp32",
+                 text_cache: str | Path | None = None, batch_size: int = 64):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.cfg = model.cfg
+        self.preprocess = eval_transform(self.cfg.image_size)
+        self.batch_size = batch_size
+        self._llm_name = llm or (self.cfg.llm or {}).get("llm")
+        self._llm_dtype = llm_dtype
+        self._encoder = None
+        self.cache = TextEmbeddingCache(text_cache)
+        if self.is_flame and not self._llm_name:
+            raise ValueError("this FLAME checkpoint does not record its LLM; pass llm=NAME")
+        self._clip_tokenizer = None
+        if not self.is_flame:
+            from .baselines.clip_text import clip_tokenizer
+
+            self._clip_tokenizer = clip_tokenizer(self.cfg.clip_context_length)
+
+    @property
+    def is_flame(self) -> bool:
+        return self.cfg.text_tower == "llm"
+
+    # ------------------------------------------------------------------ text
+    def llm_fingerprint(self) -> dict:
+        rec = dict(self.cfg.llm or {})
+        return {"llm": rec.get("llm", self._llm_name), "weights_sha256": rec.get("weights_sha256"),
+                "layer": rec.get("layer"), "compute_dtype": self._llm_dtype}
+
+    def _facet_encoder(self):
+        """Load the LLM on first use and check it is the one the checkpoint was trained with."""
+        if self._encoder is None:
+            from .text.facets import FacetEncoder
+            from .text.llm import load_llm
+
+            want = self.cfg.llm or {}
+            llm = load_llm(self._llm_name, layer=want.get("layer", -2), dtype=self._llm_dtype,
+                           device=self.device)
+            if want.get("weights_sha256") and llm.source.weights_sha256 != want["weights_sha256"]:
+                raise ValueError(
+                    f"LLM '{self._llm_name}' is not the one this checkpoint was trained with "
+                    f"(weights {llm.source.weights_sha256[:12]}... vs {want['weights_sha256'][:12]}...)"
+                )
+            self._encoder = FacetEncoder(llm)
+        return self._encoder
+
+    def llm_states(self, texts: list[str], mode: str = "single", progress: bool = False) -> torch.Tensor:
+        """The frozen LLM's facet states ``[N, K, D]`` (cached)."""
+        from .text.prompts import load_prompt_set
+
+        ps = load_prompt_set(mode)
+        return self.cache.get_or_compute(self.llm_fingerprint(), ps, list(texts), self._facet_encoder, progress)
+
+    def tokenize(self, texts: list[str], mode: str = "single") -> torch.Tensor:
+        """What ``encode_text`` takes: facet-mean LLM states [N, D] (FLAME) or CLIP ids [N, 77]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not self.is_flame:
+            return self._clip_tokenizer(list(texts))
+        # The reference's inference rule: average the facet states, then normalise (in encode_text).
+        return self.llm_states(texts, mode).mean(dim=1)
+
+    @torch.no_grad()
+    def encode_text(self, texts, mode: str = "single") -> torch.Tensor:
+        """Normalised text embeddings [N, E]; ``texts`` are strings or the output of ``tokenize``."""
+        x = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts, mode)
+        out = [self.model.encode_text(x[i : i + self.batch_size].to(self.device)).float()
+               for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).cpu() if out else torch.zeros(0, self.model.embed_dim)
+
+    # ------------------------------------------------------------------ images
+    def _pixels(self, images) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):
+            return images if images.dim() == 4 else images[None]
+        return torch.stack([self.preprocess(im.convert("RGB")) for im in images])
+
+    @torch.no_grad()
+    def encode_image(self, images) -> torch.Tensor:
+        """Normalised image embeddings [N, E] from PIL images or preprocessed tensors [N, 3, H, W]."""
+        x = self._pixels(images)
+        out = [self.model.encode_image(x[i : i + self.batch_size].to(self.device)).float()
+               for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def pooled_features(self, images) -> torch.Tensor:
+        """Image tower features before the projector (for linear probes)."""
+        x = self._pixels(images)
+        return torch.cat([self.model.pooled_features(x[i : i + self.batch_size].to(self.device)).float().cpu()
+                          for i in range(0, len(x), self.batch_size)])
+
+    def similarity(self, images, texts, mode: str = "single") -> torch.Tensor:
+        """Cosine similarities [N_images, N_texts]."""
+        return self.encode_image(images) @ self.encode_text(texts, mode).T
+
+    def zero_shot_classifier(self, classnames: list[str], templates=None) -> torch.Tensor:
+        """Class weights [C, E]: every template rendered for every class, encoded with the single
+        prompt, normalised, averaged over templates and normalised again."""
+        if templates is None:
+            from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+            templates = OPENAI_IMAGENET_TEMPLATES
+        # "{}" (CLIP notebooks) and "{c}" (CLIP_benchmark) placeholders are both accepted.
+        render = [(t if callable(t) else (lambda c, t=t: t.format(c, c=c))) for t in templates]
+        texts = [r(c) for c in classnames for r in render]
+        emb = self.encode_text(texts, mode="single").view(len(classnames), len(render), -1)
+        return F.normalize(emb.mean(dim=1), dim=-1)
+
+    def as_clip_benchmark(self):
+        """``(model, transform, tokenizer)`` as CLIP_benchmark's model loaders return them."""
+        return _BenchmarkModel(self), self.preprocess, _BenchmarkTokenizer(self)
+
+
+class _BenchmarkModel(torch.nn.Module):
+    """``encode_image`` / ``encode_text`` on tensors, the interface CLIP_benchmark calls."""
+
+    def __init__(self, wrapped: FlameCLIP):
+        super().__init__()
+        self.wrapped = wrapped
+        self.model = wrapped.model
+
+    def encode_image(self, images, normalize: bool = False):
+        return self.wrapped.model.encode_image(images.to(self.wrapped.device))
+
+    def encode_text(self, tokens, normalize: bool = False):
+        return self.wrapped.model.encode_text(tokens.to(self.wrapped.device))
+
+
+class _BenchmarkTokenizer:
+    def __init__(self, wrapped: FlameCLIP, mode: str = "single"):
+        self.wrapped, self.mode = wrapped, mode
+
+    def __call__(self, texts):
+        return self.wrapped.tokenize([texts] if isinstance(texts, str) else list(texts), self.mode)
+
+
+def load(checkpoint: str | Path, llm: str | None = None, device: str | None = None, **kw) -> FlameCLIP:
+    """Load a checkpoint folder (``save_pretrained`` output) for inference."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return FlameCLIP(FlameModel.from_pretrained(checkpoint), device=device, llm=llm, **kw)
+
+
+def load_for_clip_benchmark(model_name: str = "", pretrained: str = "", cache_dir: str | None = None, device="cpu"):
+    """A CLIP_benchmark model loader: ``pretrained`` is the checkpoint folder."""
+    return load(pretrained or model_name, device=device).as_clip_benchmark()
+
+
+def create_model_and_transforms(checkpoint: str | Path, device: str | None = None, **kw):
+    """open_clip-style front door: ``(model, train_transform, eval_transform)``."""
+    from .data.transforms import train_transform
+
+    m = load(checkpoint, device=device, **kw)
+    return m, train_transform(m.cfg.image_size), m.preprocess
+
