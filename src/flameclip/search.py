@@ -1,0 +1,489 @@
+"""Text-to-image search over a folder of images with a trained checkpoint.
+
+``flameclip index IMAGE_DIR`` encodes every image once and writes an index folder (by default
+``IMAGE_DIR/.flameclip-index``):
+
+* ``embeddings.npy``: float16 ``[N, E]``, one unit-length image embedding per row;
+* ``paths.json``: the N image paths, relative to the image folder, in row order;
+* ``index.json``: format, checkpoint path and fingerprint, embedding width, count, text tower, and
+  where the image folder is relative to the index.
+
+``flameclip search "query"`` encodes the query with the same checkpoint (the frozen LLM for a FLAME
+checkpoint, the CLIP text tower for the baseline), ranks the images by cosine similarity and draws
+a contact sheet of the best ones. An index remembers the checkpoint that made it by a hash of the
+weights and config, because embeddings of two checkpoints live in unrelated spaces: comparing a
+query from one with images from the other gives confident-looking nonsense.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .data.images import IMAGE_EXTENSIONS, DataError
+from .model import CONFIG_NAME, WEIGHTS_NAME
+from .store.atomic import atomic_write_bytes, fsync_dir
+
+INDEX_FORMAT = "flameclip-index/1"
+INDEX_DIRNAME = ".flameclip-index"
+EMBEDDINGS_NAME = "embeddings.npy"
+PATHS_NAME = "paths.json"
+META_NAME = "index.json"
+
+# Exact search in numpy is a single matrix product and fast enough well beyond this size; faiss
+# is only worth its import (and its float32 copy of the index) for large folders.
+FAISS_MIN_IMAGES = 50_000
+# A query longer than this goes through the long prompt set: the single prompt describes short
+# captions, the facet prompts were made for paragraph-length ones.
+LONG_QUERY_WORDS = 30
+SEARCH_MODES = ("auto", "single", "short3", "long7")
+# Examples of skipped files kept in the build summary (all of them would flood the terminal).
+SKIPPED_EXAMPLES = 5
+
+
+# ---------------------------------------------------------------------------- fingerprint
+
+_fingerprints: dict[tuple, str] = {}
+
+
+def checkpoint_fingerprint(checkpoint_dir) -> str:
+    """sha256 over the checkpoint's model.safetensors and config.json.
+
+    It identifies the model that made an index whatever folder the checkpoint is later copied
+    to. Hashing a large checkpoint takes a while, so the result is remembered for this process
+    as long as neither file's size or modification time changes.
+    """
+    folder = Path(checkpoint_dir)
+    files = [folder / WEIGHTS_NAME, folder / CONFIG_NAME]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{folder} is not a flameclip model folder: no {' and no '.join(absent)}")
+    stats = [f.stat() for f in files]
+    key = (str(folder.resolve()),) + tuple((s.st_size, s.st_mtime_ns) for s in stats)
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for f in files:
+            # Each file's own digest goes in, so the boundary between the two is unambiguous.
+            part = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    part.update(chunk)
+            h.update(part.digest())
+        _fingerprints[key] = h.hexdigest()
+    return _fingerprints[key]
+
+
+# ---------------------------------------------------------------------------- build
+
+def _walk_images(image_dir: Path, skip_dir: Path) -> tuple[list[str], list[str]]:
+    """Relative posix paths under ``image_dir``, sorted: (image-extension files, other files).
+
+    Hidden files and folders (``.git``, ``.DS_Store``, macOS ``._name.jpg`` sidecars) and the
+    index folder itself are left out without being counted: they are not the user's images, and
+    counting them would bury the skips that matter.
+    """
+    images, others = [], []
+    skip = skip_dir.resolve()
+    for root, dirs, files in os.walk(image_dir):
+        # Pruning in place keeps os.walk out of these folders altogether.
+        dirs[:] = [d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() != skip]
+        for name in files:
+            if name.startswith("."):
+                continue
+            rel = (Path(root) / name).relative_to(image_dir).as_posix()
+            (images if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else others).append(rel)
+    return sorted(images), sorted(others)
+
+
+def _load_pixels(path: Path, preprocess):
+    """The preprocessed image tensor, or the reason PIL could not read the file."""
+    try:
+        with Image.open(path) as im:
+            return preprocess(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        return f"unreadable ({type(e).__name__})"
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(str(path), buf.getvalue())
+
+
+def _write_json(path: Path, obj) -> None:
+    atomic_write_bytes(str(path), (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode())
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def build_index(image_dir, checkpoint, out=None, batch_size: int = 64, progress: bool = True,
+                device: str | None = None) -> dict:
+    """Encode every image under ``image_dir`` (recursively) and write an index folder.
+
+    Files without an image extension and files PIL cannot open are skipped and counted. Returns
+    a summary: ``index`` (the folder), ``indexed``, ``skipped_not_image``, ``skipped_unreadable``,
+    a few of each kind (``not_image_examples``, ``unreadable_examples``), ``embed_dim``,
+    ``seconds``, ``images_per_s`` and ``index_bytes``.
+    """
+    from tqdm.auto import tqdm
+
+    from .inference import load
+
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise DataError(f"{image_dir}: not a folder of images")
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    out = Path(out) if out is not None else image_dir / INDEX_DIRNAME
+    fingerprint = checkpoint_fingerprint(checkpoint)  # fails fast on a wrong checkpoint path
+    start = time.perf_counter()
+    model = load(checkpoint, device=device)
+
+    candidates, not_image = _walk_images(image_dir, out)
+    paths, unreadable, chunks = [], [], []
+    # Decoding and resizing are the slow part on CPU; PIL and torchvision release the GIL for
+    # most of it, so a few threads keep the model fed. map() keeps the walk's order.
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(candidates), unit="img", desc="index",
+                                                   disable=not progress) as bar:
+        for lo in range(0, len(candidates), batch_size):
+            batch = candidates[lo : lo + batch_size]
+            pixels = []
+            for rel, px in zip(batch, pool.map(lambda r: _load_pixels(image_dir / r, model.preprocess), batch)):
+                if isinstance(px, str):
+                    unreadable.append(f"{rel}: {px}")
+                else:
+                    paths.append(rel)
+                    pixels.append(px)
+            if pixels:
+                chunks.append(model.encode_image(torch.stack(pixels)).numpy())
+            bar.update(len(batch))
+
+    if not paths:
+        raise DataError(f"{image_dir}: no readable images ({len(not_image)} files that are not images, "
+                        f"{len(unreadable)} unreadable); looked for {', '.join(IMAGE_EXTENSIONS)}")
+    embeddings = np.concatenate(chunks).astype(np.float16)
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / META_NAME
+    # index.json is removed first and written last: a build killed half-way leaves a folder that
+    # ImageIndex refuses, never new embeddings under an old paths list or the other way round.
+    if meta_path.exists():
+        meta_path.unlink()
+    _write_npy(out / EMBEDDINGS_NAME, embeddings)
+    _write_json(out / PATHS_NAME, paths)
+    try:
+        # Relative, so an image folder moved together with its index keeps working.
+        image_root = os.path.relpath(image_dir.resolve(), out.resolve())
+    except ValueError:  # Windows: the index is on another drive than the images
+        image_root = str(image_dir.resolve())
+    meta = {
+        "format": INDEX_FORMAT,
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_fingerprint": fingerprint,
+        "embed_dim": int(embeddings.shape[1]),
+        "count": len(paths),
+        "text_tower": model.cfg.text_tower,
+        "llm": (model.cfg.llm or {}).get("llm"),
+        "image_root": Path(image_root).as_posix(),
+    }
+    _write_json(meta_path, meta)
+    fsync_dir(str(out))
+    seconds = time.perf_counter() - start
+    return {
+        "index": str(out),
+        "indexed": len(paths),
+        "skipped_not_image": len(not_image),
+        "skipped_unreadable": len(unreadable),
+        "not_image_examples": not_image[:SKIPPED_EXAMPLES],
+        "unreadable_examples": unreadable[:SKIPPED_EXAMPLES],
+        "embed_dim": meta["embed_dim"],
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds if seconds > 0 else float("inf"),
+        "index_bytes": _folder_bytes(out),
+    }
+
+
+# ---------------------------------------------------------------------------- search
+
+def _faiss_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faiss") is not None
+
+
+class ImageIndex:
+    """An index folder opened for search.
+
+    ``checkpoint``, when given, must be the checkpoint that built the index (by fingerprint).
+    """
+
+    # Rows scored per numpy matrix product: bounds the float32 working copy (and the score
+    # matrix) to a fixed size however large the index is.
+    chunk_rows = 65_536
+
+    def __init__(self, index_dir, checkpoint=None):
+        self.dir = Path(index_dir)
+        meta_path = self.dir / META_NAME
+        if not meta_path.is_file():
+            raise DataError(f"{self.dir} is not a flameclip index (no {META_NAME}): "
+                            f"build one with flameclip index IMAGE_DIR --checkpoint DIR")
+        with open(meta_path, encoding="utf-8") as f:
+            self.meta = json.load(f)
+        if self.meta.get("format") != INDEX_FORMAT:
+            raise DataError(f"{meta_path}: format {self.meta.get('format')!r}, expected {INDEX_FORMAT!r}; "
+                            f"rebuild it with flameclip index")
+        if checkpoint is not None:
+            self.check_checkpoint(checkpoint)
+        try:
+            self.embeddings = np.load(self.dir / EMBEDDINGS_NAME, allow_pickle=False)
+            with open(self.dir / PATHS_NAME, encoding="utf-8") as f:
+                self.paths: list[str] = json.load(f)
+        except (OSError, ValueError) as e:
+            raise DataError(f"index {self.dir} is damaged ({e}): rebuild it with flameclip index") from None
+        n = self.meta["count"]
+        if self.embeddings.shape != (n, self.meta["embed_dim"]) or len(self.paths) != n:
+            raise DataError(f"index {self.dir} is damaged (embeddings {tuple(self.embeddings.shape)}, "
+                            f"{len(self.paths)} paths, {n} expected): rebuild it with flameclip index")
+        self.image_root = Path(os.path.normpath(self.dir / self.meta.get("image_root", "..")))
+        self.backend = "faiss" if n > FAISS_MIN_IMAGES and _faiss_available() else "numpy"
+        self._faiss = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def check_checkpoint(self, checkpoint) -> None:
+        """Refuse a checkpoint other than the one that built the index."""
+        fp = checkpoint_fingerprint(checkpoint)
+        if fp != self.meta["checkpoint_fingerprint"]:
+            raise DataError(f"index {self.dir} was built by another checkpoint "
+                            f"({self.meta['checkpoint']}, fingerprint {self.meta['checkpoint_fingerprint'][:12]}; "
+                            f"not {checkpoint}, {fp[:12]}): rebuild it with flameclip index")
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.meta["embed_dim"])
+
+    def search(self, query_embeddings, k: int = 10) -> list[list[tuple[str, float]]]:
+        """Exact top-``k`` images per query: ``[[(path, cosine), ...] best first, ...]``.
+
+        ``query_embeddings`` is ``[Q, E]`` (or one ``[E]`` vector); rows are normalised here, so
+        the scores are cosines whatever scale the caller passes.
+        """
+        q = query_embeddings.detach().cpu().float().numpy() if isinstance(query_embeddings, torch.Tensor) \
+            else np.asarray(query_embeddings, dtype=np.float32)
+        q = np.atleast_2d(q).astype(np.float32, copy=False)
+        if q.shape[1] != self.embed_dim:
+            raise ValueError(f"query embeddings have width {q.shape[1]}, the index {self.embed_dim}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        k = min(k, len(self))
+        scores, ids = self._faiss_topk(q, k) if self.backend == "faiss" else self._numpy_topk(q, k)
+        return [[(self.paths[i], float(s)) for i, s in zip(row_ids, row_scores)]
+                for row_ids, row_scores in zip(ids, scores)]
+
+    def _numpy_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        cand_scores, cand_ids = [], []
+        for lo in range(0, len(self), self.chunk_rows):
+            s = q @ self.embeddings[lo : lo + self.chunk_rows].astype(np.float32).T  # [Q, rows]
+            kk = min(k, s.shape[1])
+            # argpartition finds each row's kk best in linear time; only those get sorted below.
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+            cand_scores.append(np.take_along_axis(s, part, axis=1))
+            cand_ids.append(part + lo)
+        scores, ids = np.concatenate(cand_scores, axis=1), np.concatenate(cand_ids, axis=1)
+        # Best score first; equal scores in index order, so results never depend on the chunking.
+        order = np.lexsort((ids, -scores), axis=1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+    def _faiss_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._faiss is None:
+            import faiss
+
+            # Flat inner product: exact, like the numpy path, only with faiss's faster kernels.
+            self._faiss = faiss.IndexFlatIP(self.embed_dim)
+            self._faiss.add(np.ascontiguousarray(self.embeddings, dtype=np.float32))
+        scores, ids = self._faiss.search(np.ascontiguousarray(q), k)
+        return scores, ids
+
+
+def resolve_mode(query: str, mode: str = "auto") -> str:
+    """The prompt set for ``query``: ``auto`` picks long7 for long queries, single otherwise."""
+    if mode not in SEARCH_MODES:
+        raise DataError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "long7" if len(query.split()) > LONG_QUERY_WORDS else "single"
+
+
+def search(index_dir, checkpoint, query: str, k: int = 10, mode: str = "auto", device: str | None = None,
+           text_cache=None) -> list[tuple[str, float]]:
+    """The ``k`` images of the index most similar to ``query``: ``[(path, cosine), ...]`` best first.
+
+    ``index_dir`` may also be an opened :class:`ImageIndex` (it is checked against ``checkpoint``
+    all the same). Paths are relative to the indexed image folder (``ImageIndex.image_root``). A
+    FLAME checkpoint encodes the query with its frozen LLM under the prompt set ``mode`` picks;
+    the CLIP baseline uses its own tokenizer and text tower (and ignores the mode; its context of
+    77 tokens truncates long queries).
+    """
+    from .inference import load
+
+    if not query or not query.strip():
+        raise DataError("the search query is empty")
+    mode = resolve_mode(query, mode)
+    # The fingerprint check comes first: it refuses a foreign checkpoint before loading it.
+    if isinstance(index_dir, ImageIndex):
+        index = index_dir
+        index.check_checkpoint(checkpoint)
+    else:
+        index = ImageIndex(index_dir, checkpoint)
+    model = load(checkpoint, device=device, text_cache=text_cache)
+    return index.search(model.encode_text([query], mode=mode), k)[0]
+
+
+# ---------------------------------------------------------------------------- contact sheet
+
+THUMB = 256  # thumbnail pixels: enough to recognise an image in a grid cell
+SHEET_COLUMNS = 5
+TITLE_CHARS = 200
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
+def _thumbnail(path: Path):
+    """An RGB thumbnail as an array, or None when the file is gone or unreadable since indexing."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((THUMB, THUMB))
+            return np.asarray(im)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def contact_sheet(results, image_root, path, query) -> Path:
+    """A PNG grid of the result thumbnails, rank and score under each, the query as the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results = list(results)
+    cols = max(1, min(SHEET_COLUMNS, len(results)))
+    rows = max(1, math.ceil(len(results) / cols))
+    # Wrapped to the sheet's width (about 11 characters per inch at this font size).
+    title_lines = textwrap.wrap(f"\u201c{_shorten(' '.join(query.split()), TITLE_CHARS)}\u201d",
+                                width=max(40, int(cols * 2.6 * 11))) or [""]
+    title_in = 0.3 * len(title_lines) + 0.3
+    fig = Figure(figsize=(cols * 2.6, rows * 3.0 + title_in), dpi=100)
+    FigureCanvasAgg(fig)  # a bare Figure with an Agg canvas: no pyplot global state
+    fig.suptitle("\n".join(title_lines), fontsize=12, y=1 - 0.1 / (rows * 3.0 + title_in))
+    top = 1 - title_in / (rows * 3.0 + title_in)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.08, hspace=0.35)
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        if i >= len(results):
+            if not results and i == 0:
+                ax.text(0.5, 0.5, "no results", ha="center", va="center", fontsize=11, transform=ax.transAxes)
+            continue
+        rel, score = results[i]
+        thumb = _thumbnail(Path(image_root) / rel)
+        if thumb is None:
+            ax.imshow(np.full((THUMB, THUMB, 3), 220, dtype=np.uint8))
+            ax.text(0.5, 0.5, "missing", ha="center", va="center", color="0.3", transform=ax.transAxes)
+        else:
+            ax.imshow(thumb)
+        name = rel if len(rel) <= 30 else "\u2026" + rel[-29:]  # the end of a path says most
+        ax.set_title(f"#{i + 1}   {score:.3f}\n{name}", fontsize=9, y=-0.02, va="top")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(str(path), buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------- command line
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def add_index_parser(subparsers):
+    p = subparsers.add_parser("index", help="encode a folder of images for text search")
+    p.add_argument("image_dir", help="folder of images (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (model.safetensors + config.json)")
+    p.add_argument("--out", default=None, help=f"index folder (default IMAGE_DIR/{INDEX_DIRNAME})")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_index(args) -> int:
+    s = build_index(args.image_dir, args.checkpoint, out=args.out, batch_size=args.batch_size,
+                    progress=not args.no_progress, device=args.device)
+    print(_table([
+        ("index", s["index"]),
+        ("indexed", str(s["indexed"])),
+        ("skipped (not an image)", str(s["skipped_not_image"])),
+        ("skipped (unreadable)", str(s["skipped_unreadable"])),
+        ("time", f"{s['seconds']:.1f} s"),
+        ("images/s", f"{s['images_per_s']:.1f}"),
+        ("index size", _human_bytes(s["index_bytes"])),
+    ]))
+    if s["unreadable_examples"]:
+        print(f"unreadable (first {len(s['unreadable_examples'])}): {', '.join(s['unreadable_examples'])}")
+    if s["not_image_examples"]:
+        print(f"not images (first {len(s['not_image_examples'])}): {', '.join(s['not_image_examples'])}")
+    return 0
+
+
+def add_search_parser(subparsers):
+    p = subparsers.add_parser("search", help="find the images of an index that best match a text")
+    p.add_argument("query", help="the text to search for")
+    p.add_argument("--index", required=True, help="index folder made by flameclip index")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint that built the index")
+    p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--mode", default="auto", choices=["auto", "single", "long7"],
+                   help=f"prompt set for FLAME checkpoints (auto: long7 above {LONG_QUERY_WORDS} words)")
+    p.add_argument("--out", default="results.png", help="contact sheet PNG (default results.png)")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--text-cache", default=None, help="where LLM text embeddings are cached")
+    return p
+
+
+def run_search(args) -> int:
+    index = ImageIndex(args.index)
+    results = search(index, args.checkpoint, args.query, k=args.k, mode=args.mode, device=args.device,
+                     text_cache=args.text_cache)
+    root = index.image_root
+    print(f"{'rank':>4}  {'score':>6}  path")
+    for rank, (rel, score) in enumerate(results, 1):
+        print(f"{rank:>4}  {score:>6.3f}  {root / rel}")
+    print(f"contact sheet: {contact_sheet(results, root, args.out, args.query)}")
+    return 0
