@@ -333,7 +333,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="timed steps per side per round, at least")
     p.add_argument("--min-seconds", type=float, default=2.0,
-                   help="time each block for at least this many seconds per side in it (more steps for the cheap sides)")
+                   help="time each block for at least this many seconds per side in it "
+                        "(more steps for the cheap sides)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the first round")
     p.add_argument("--rewarm", type=int, default=1, help="untimed steps per side at the start of every round")
     p.add_argument("--mem-steps", type=int, default=2, help="steps run by each memory subprocess")
@@ -436,7 +437,8 @@ def main(argv=None) -> int:
     flame = med["flameclip"]
     rows = []
     print()
-    header = f"{'side':<18} {'params':>8} {'step ms':>9} {'images/s':>9} {'peak MiB':>9} {'time/flame':>11} {'mem/flame':>10}"
+    header = (f"{'side':<18} {'params':>8} {'step ms':>9} {'images/s':>9} {'peak MiB':>9} "
+              f"{'time/flame':>11} {'mem/flame':>10}")
     print(header)
     print("-" * len(header))
     for side in SIDES:

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_embed(sub)
     _add_train(sub)
     _add_eval(sub)
+    from . import search as _search
+
+    _search.add_index_parser(sub)
+    _search.add_search_parser(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     args = parser.parse_args(argv)
     # Known, user-facing failures become one line on stderr and exit code 2; finished work is on disk.
@@ -182,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     from .text.llm import LLMNotFoundError
 
     try:
-        return {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms}[args.command](args)
+        commands = {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
+                    "index": lambda a: _search.run_index(a), "search": lambda a: _search.run_search(a)}
+        return commands[args.command](args)
     except (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
             ValueError) as e:
         if os.environ.get("FLAMECLIP_DEBUG"):

@@ -149,8 +149,8 @@ def build_index(image_dir, checkpoint, out=None, batch_size: int = 64, progress:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
     out = Path(out) if out is not None else image_dir / INDEX_DIRNAME
     fingerprint = checkpoint_fingerprint(checkpoint)  # fails fast on a wrong checkpoint path
-    start = time.perf_counter()
     model = load(checkpoint, device=device)
+    start = time.perf_counter()  # after loading: the summary's images/s is the indexing rate
 
     candidates, not_image = _walk_images(image_dir, out)
     paths, unreadable, chunks = [], [], []
@@ -360,21 +360,32 @@ def search(index_dir, checkpoint, query: str, k: int = 10, mode: str = "auto", d
 THUMB = 256  # thumbnail pixels: enough to recognise an image in a grid cell
 SHEET_COLUMNS = 5
 TITLE_CHARS = 200
+# Sheet geometry in inches (at 100 dpi): square image cells with room for two caption lines.
+CELL, CAPTION, GAP = 2.4, 0.5, 0.2
 
 
 def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    # End at a word boundary when there is one nearby: "a w…" reads worse than "a…".
+    if " " in cut[-20:]:
+        cut = cut.rsplit(" ", 1)[0]
+    return cut.rstrip() + "\u2026"
 
 
 def _thumbnail(path: Path):
-    """An RGB thumbnail as an array, or None when the file is gone or unreadable since indexing."""
+    """A square RGB thumbnail (the image letterboxed on light grey), or None when the file is gone
+    or unreadable since indexing. Square cells keep every caption at the same height."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
             im.thumbnail((THUMB, THUMB))
-            return np.asarray(im)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None
+    cell = Image.new("RGB", (THUMB, THUMB), (236, 236, 236))
+    cell.paste(im, ((THUMB - im.width) // 2, (THUMB - im.height) // 2))
+    return np.asarray(cell)
 
 
 def contact_sheet(results, image_root, path, query) -> Path:
@@ -385,35 +396,41 @@ def contact_sheet(results, image_root, path, query) -> Path:
     results = list(results)
     cols = max(1, min(SHEET_COLUMNS, len(results)))
     rows = max(1, math.ceil(len(results) / cols))
-    # Wrapped to the sheet's width (about 11 characters per inch at this font size).
+    # Wrapped to the sheet's width (about 9 characters per inch at this font size).
+    width = GAP + cols * (CELL + GAP)
     title_lines = textwrap.wrap(f"\u201c{_shorten(' '.join(query.split()), TITLE_CHARS)}\u201d",
-                                width=max(40, int(cols * 2.6 * 11))) or [""]
-    title_in = 0.3 * len(title_lines) + 0.3
-    fig = Figure(figsize=(cols * 2.6, rows * 3.0 + title_in), dpi=100)
+                                width=max(30, int(width * 9))) or [""]
+    title_h = 0.25 * len(title_lines) + 0.35
+    height = title_h + rows * (CELL + CAPTION + GAP)
+    fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)  # a bare Figure with an Agg canvas: no pyplot global state
-    fig.suptitle("\n".join(title_lines), fontsize=12, y=1 - 0.1 / (rows * 3.0 + title_in))
-    top = 1 - title_in / (rows * 3.0 + title_in)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=top, wspace=0.08, hspace=0.35)
-    for i in range(rows * cols):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig.text(0.5, 1 - 0.15 / height, "\n".join(title_lines), ha="center", va="top", fontsize=12)
+    # Axes placed in inches (converted to figure fractions), so the layout does not depend on
+    # matplotlib's automatic spacing, which let captions run into the next row.
+    for i in range(max(1, len(results))):
+        r, c = divmod(i, cols)
+        left = GAP + c * (CELL + GAP)
+        bottom = height - title_h - r * (CELL + CAPTION + GAP) - CELL
+        ax = fig.add_axes((left / width, bottom / height, CELL / width, CELL / height))
         ax.set_axis_off()
-        if i >= len(results):
-            if not results and i == 0:
-                ax.text(0.5, 0.5, "no results", ha="center", va="center", fontsize=11, transform=ax.transAxes)
-            continue
+        if not results:
+            ax.text(0.5, 0.5, "no results", ha="center", va="center", fontsize=11, transform=ax.transAxes)
+            break
         rel, score = results[i]
         thumb = _thumbnail(Path(image_root) / rel)
         if thumb is None:
-            ax.imshow(np.full((THUMB, THUMB, 3), 220, dtype=np.uint8))
-            ax.text(0.5, 0.5, "missing", ha="center", va="center", color="0.3", transform=ax.transAxes)
+            ax.imshow(np.full((THUMB, THUMB, 3), 236, dtype=np.uint8))
+            ax.text(0.5, 0.5, "missing", ha="center", va="center", color="0.4", transform=ax.transAxes)
         else:
             ax.imshow(thumb)
-        name = rel if len(rel) <= 30 else "\u2026" + rel[-29:]  # the end of a path says most
-        ax.set_title(f"#{i + 1}   {score:.3f}\n{name}", fontsize=9, y=-0.02, va="top")
+        name = rel if len(rel) <= 32 else "\u2026" + rel[-31:]  # the end of a path says most
+        ax.text(0.5, -0.03, f"#{i + 1}   score {score:.3f}", ha="center", va="top", fontsize=10,
+                fontweight="bold", transform=ax.transAxes)
+        ax.text(0.5, -0.12, name, ha="center", va="top", fontsize=8.5, color="0.25", transform=ax.transAxes)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", facecolor="white")
     atomic_write_bytes(str(path), buf.getvalue())
     return path
 

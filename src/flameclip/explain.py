@@ -1,0 +1,461 @@
+"""Word maps: read what each image region "says" through the frozen LLM's own output head.
+
+FLAME's projector maps every ViT patch token into the LLM's hidden space, so a projected token can
+be decoded like an LLM hidden state: final norm, then ``lm_head``, then a softmax over the
+vocabulary (the paper's "semantic interpretability"). Following the paper, the patch tokens are
+first average-pooled in non-overlapping windows of 2x2 and 4x4 patches, which gives one word list
+per image region.
+
+Pipeline for one image::
+
+    patch tokens [N, D] --reshape--> [g, g, D] (row-major, as the ViT flattens its patches)
+      --average pool, window w, stride w--> [g//w, g//w, D]
+      --final norm (default on)--> lm_head --> softmax --> top-k readable words
+
+Final norm. FLAME's text target is the hidden state of the second-to-last layer *before* the final
+norm, so the image tokens are trained to look like un-normed states. ``lm_head``, however, was only
+ever trained on normed states. The final norm is an RMSNorm: a per-token rescale (which changes
+the softmax temperature but never the ranking) followed by per-dimension gains, which are far from 1
+(SmolLM2-135M's range from about -2 to +3). Skipping the norm would therefore read ``lm_head``
+along directions it never saw. So word maps apply the final norm by default, exactly as the LLM does
+when it predicts a word from a hidden state ("logit lens"); ``apply_norm=False`` / ``--no-norm``
+reads the raw tokens, for comparison.
+
+Which LLM. ``load_llm`` truncates the decoder and replaces the final norm by Identity, so it cannot
+be used here. Only the final norm and ``lm_head`` are needed, and they are a small part of the
+model, so :func:`load_readout` builds the model's skeleton on the ``meta`` device (no memory, and the
+right norm class: Gemma's norm multiplies by ``1 + weight``, Llama's by ``weight``) and reads just
+those tensors from the safetensors files (tied heads read the input embedding, as HF does). Only if
+a folder names its tensors differently does it fall back to loading the whole model. The LLM must
+be the checkpoint's own, checked by weights hash: another LLM's head would give confident nonsense.
+
+Words. A token is shown if it is not a special token and its decoded text (spaces and the "Ġ"/"▁"
+word markers stripped) contains a letter or digit; pure punctuation, whitespace and partial UTF-8
+byte tokens are skipped. Tokens that decode to the same word (" dog" and "dog") are merged and
+their probabilities added. Probabilities are those of the full-vocabulary softmax, so a region's
+listed words need not sum to 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_WINDOWS = (2, 4)  # the paper's pooling windows, in patches
+# How many readable candidates are looked at per requested word: merging " dog" and "dog" can
+# shrink the list, so a few more than top_k are needed.
+_CANDIDATES_PER_WORD = 4
+
+
+class ExplainError(ValueError):
+    """A checkpoint or request word maps cannot be made for (one line, shown to the user as is)."""
+
+
+@dataclass
+class WordMap:
+    grid: int  # regions per side after pooling
+    window: int  # pooling window in patches (2 or 4)
+    words: list[list[list[tuple[str, float]]]]  # [row][col] -> top-k (word, probability)
+    # Patches per side of the image; larger than grid * window when the remainder was dropped.
+    # None means grid * window (the windows tile the image exactly).
+    patches: int | None = None
+
+    @property
+    def patch_grid(self) -> int:
+        return self.patches or self.grid * self.window
+
+
+# ---------------------------------------------------------------------------------------- readout
+
+
+@dataclass
+class Readout:
+    """The LLM's final norm, output head and vocabulary: hidden states -> words."""
+
+    norm: nn.Module
+    head: nn.Module  # Linear(D, V), possibly with a bias
+    tokenizer: object
+    words: list[str]  # per token id: the stripped word, or "" when the token is never shown
+    readable: torch.Tensor  # bool [V]: words[i] != ""
+    weights_sha256: str
+    hidden_size: int
+
+    @torch.no_grad()
+    def probs(self, hidden: torch.Tensor, apply_norm: bool = True) -> torch.Tensor:
+        """Next-token probabilities [..., V] of hidden states [..., D]."""
+        x = hidden.to(torch.float32)
+        if apply_norm:
+            x = self.norm(x)
+        return self.head(x).softmax(dim=-1)
+
+    def top_words(self, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
+        """The k most probable readable words of one distribution [V], merged by spelling."""
+        masked = probs.masked_fill(~self.readable, 0.0)
+        n = min(k * _CANDIDATES_PER_WORD, int(self.readable.sum()))
+        values, ids = masked.topk(n)
+        merged: dict[str, float] = {}
+        for p, i in zip(values.tolist(), ids.tolist()):
+            word = self.words[i]
+            merged[word] = merged.get(word, 0.0) + p
+        return sorted(merged.items(), key=lambda wp: -wp[1])[:k]
+
+
+def _clean(text: str) -> str:
+    # Byte-level BPE marks a leading space with "Ġ", SentencePiece with "▁"; decode() usually turns
+    # them into spaces already, but not every tokenizer does.
+    return text.replace("Ġ", " ").replace("▁", " ").strip()
+
+
+def _vocabulary_words(tokenizer, vocab_size: int) -> list[str]:
+    """Per token id the word shown for it, or "" for special and unreadable tokens."""
+    special = set(tokenizer.all_special_ids)
+    special.update(i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special)
+    n = min(len(tokenizer), vocab_size)
+    decoded = tokenizer.batch_decode([[i] for i in range(n)])
+    words = []
+    for i, text in enumerate(decoded):
+        word = _clean(text)
+        # "\ufffd" is what a partial UTF-8 byte sequence decodes to: not a word on its own.
+        shown = i not in special and "\ufffd" not in word and any(ch.isalnum() for ch in word)
+        words.append(word if shown else "")
+    # The head may have more rows than the tokenizer has tokens (padding for fast matmuls).
+    return words + [""] * (vocab_size - n)
+
+
+def _safetensors_index(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the .safetensors file holding it (headers only: nothing is read yet)."""
+    from safetensors import safe_open
+
+    index = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            index.update(dict.fromkeys(f.keys(), path))
+    return index
+
+
+def _final_norm(model: nn.Module) -> nn.Module:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    norm = getattr(decoder, "norm", None)
+    if norm is None:
+        raise ExplainError(f"{type(model).__name__}: cannot find the decoder's final norm (expected .model.norm)")
+    return norm
+
+
+def _stored_names(module: nn.Module, aliases: dict[int, list[str]], index: dict[str, Path]) -> dict[str, str] | None:
+    """The module's state-dict keys -> names of those tensors in the files, or None if one is not stored."""
+    own = dict(module.named_parameters()) | dict(module.named_buffers())
+    if set(own) != set(module.state_dict()):  # a non-persistent buffer: in no file
+        return None
+    names = {}
+    for local, tensor in own.items():
+        stored = [n for n in aliases[id(tensor)] if n in index]
+        if not stored:
+            return None
+        names[local] = stored[0]
+    return names
+
+
+def _load_head_modules(folder: str | Path) -> tuple[nn.Module, nn.Module]:
+    """The final norm and output head of the causal LM in an HF folder, as fp32 CPU modules.
+
+    The skeleton is built on the meta device (free) to learn the modules' classes, their tensor
+    names and whether the head is tied to the input embedding; then only those tensors are read.
+    """
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    modules = (_final_norm(skeleton), skeleton.get_output_embeddings())
+    # Every name each tensor goes by: a tied head's weight is the input embedding's Parameter, and
+    # the file stores it under one of its names only (usually the embedding's).
+    aliases: dict[int, list[str]] = {}
+    for name, tensor in [*skeleton.named_parameters(remove_duplicate=False),
+                         *skeleton.named_buffers(remove_duplicate=False)]:
+        aliases.setdefault(id(tensor), []).append(name)
+    index = _safetensors_index(folder)
+    plans = [_stored_names(m, aliases, index) for m in modules]
+    if None in plans:
+        # Tensors under other names (e.g. a folder written by another tool): HF's loader knows the
+        # renames, at the cost of reading the whole model once.
+        full = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+        modules = (_final_norm(full), full.get_output_embeddings())
+        return tuple(m.float().eval().requires_grad_(False) for m in modules)
+    for module, plan in zip(modules, plans):
+        state = {}
+        for local, key in plan.items():
+            with safe_open(str(index[key]), framework="pt") as f:
+                state[local] = f.get_tensor(key).to(torch.float32)
+        module.to_empty(device="cpu")
+        module.load_state_dict(state, strict=True)
+        module.float().eval().requires_grad_(False)
+    return modules
+
+
+# One readout kept in memory: a CLI call or test session explains many images with one LLM, and
+# a big vocabulary's head is hundreds of MB.
+_CACHE: dict[str, Readout] = {}
+
+
+def load_readout(llm: str) -> Readout:
+    """The final norm, output head and vocabulary of an LLM (packaged name, .gguf file or HF folder)."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .text.llm import _convert_gguf, resolve
+
+    src = resolve(llm)
+    if src.weights_sha256 in _CACHE:
+        return _CACHE[src.weights_sha256]
+    hf_logging.disable_progress_bar()
+    folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+    norm, head = _load_head_modules(folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    vocab_size, hidden_size = head.weight.shape
+    words = _vocabulary_words(tokenizer, vocab_size)
+    readout = Readout(norm=norm, head=head, tokenizer=tokenizer, words=words,
+                      readable=torch.tensor([bool(w) for w in words]), weights_sha256=src.weights_sha256,
+                      hidden_size=hidden_size)
+    _CACHE.clear()
+    _CACHE[src.weights_sha256] = readout
+    return readout
+
+
+def check_explainable(flame) -> None:
+    """Refuse checkpoints whose image tokens are not in an LLM's hidden space."""
+    cfg = flame.cfg
+    if cfg.text_tower != "llm":
+        raise ExplainError(
+            f"word maps need a FLAME checkpoint (text_tower='llm'); this one is a CLIP baseline "
+            f"(text_tower={cfg.text_tower!r}) whose image space belongs to no LLM"
+        )
+    if cfg.embed_dim is not None:
+        raise ExplainError(
+            f"this checkpoint compares images and texts in a learned {cfg.embed_dim}-d space (embed_dim is set), "
+            f"not in the LLM's hidden space, so its image tokens cannot be read through the LLM's head"
+        )
+
+
+def readout_for(flame) -> Readout:
+    """The readout of the checkpoint's own LLM, refusing any other (checked by weights hash)."""
+    check_explainable(flame)
+    record = flame.cfg.llm or {}
+    # The name the checkpoint was loaded with (load(..., llm=...) may point elsewhere on this machine).
+    name = getattr(flame, "_llm_name", None) or record.get("llm")
+    want = record.get("weights_sha256")
+    if not name or not want:
+        raise ExplainError("this checkpoint does not record its LLM's name and weights hash, so the LLM to read "
+                           "its image tokens with cannot be checked")
+    from .text.llm import resolve
+
+    have = resolve(name).weights_sha256  # cheap: hashes are memoised; refuse before loading anything
+    if have != want:
+        raise ExplainError(f"LLM '{name}' is not the one this checkpoint was trained with "
+                           f"(weights {have[:12]}... vs {want[:12]}...)")
+    readout = load_readout(name)
+    if readout.hidden_size != flame.cfg.text_dim:
+        raise ExplainError(f"LLM '{name}' has width {readout.hidden_size}, the checkpoint's text_dim is "
+                           f"{flame.cfg.text_dim}")
+    return readout
+
+
+# ------------------------------------------------------------------------------------- word maps
+
+
+@torch.no_grad()
+def _patch_tokens(flame, image) -> torch.Tensor:
+    """Projected patch tokens [N, D] of one PIL image, preprocessed as at evaluation."""
+    pixels = flame.preprocess(image.convert("RGB"))[None].to(flame.device)
+    return flame.model.image_tokens(pixels)[0].float().cpu()
+
+
+def pool_tokens(tokens: torch.Tensor, window: int) -> torch.Tensor:
+    """[N, D] patch tokens -> [r, r, D] means over non-overlapping window x window blocks.
+
+    The ViT flattens its patch grid row by row, so token i sits at (i // g, i % g). When g is not a
+    multiple of the window, the last g % window rows and columns are dropped (every region then
+    averages the same number of patches); a window larger than the grid is refused.
+    """
+    n, d = tokens.shape
+    g = math.isqrt(n)
+    if g * g != n:
+        raise ExplainError(f"{n} patch tokens do not form a square grid")
+    if not 1 <= window <= g:
+        raise ExplainError(f"a {window}x{window}-patch window does not fit the {g}x{g} patch grid")
+    grid = tokens.reshape(g, g, d).permute(2, 0, 1)  # [D, g, g]: channels first for avg_pool2d
+    pooled = F.avg_pool2d(grid[None], kernel_size=window, stride=window)[0]  # floor: drops the remainder
+    return pooled.permute(1, 2, 0)
+
+
+def word_maps(flame, image, windows=DEFAULT_WINDOWS, top_k: int = 5, apply_norm: bool = True,
+              readout: Readout | None = None) -> list[WordMap]:
+    """Top-k words per region of ``image`` for each pooling window, read through the checkpoint's LLM.
+
+    ``flame`` is a :class:`flameclip.inference.FlameCLIP`, ``image`` a PIL image. ``apply_norm``
+    applies the LLM's final norm before ``lm_head`` (default; see the module docstring for why).
+    ``readout`` skips loading and checking the LLM (it must be the checkpoint's own).
+    """
+    if top_k < 1:
+        raise ExplainError(f"top_k must be at least 1, got {top_k}")
+    check_explainable(flame)
+    readout = readout or readout_for(flame)
+    tokens = _patch_tokens(flame, image)
+    patches = math.isqrt(tokens.shape[0])
+    maps = []
+    for window in windows:
+        pooled = pool_tokens(tokens, int(window))
+        r = pooled.shape[0]
+        probs = readout.probs(pooled.reshape(r * r, -1), apply_norm=apply_norm)
+        cells = [readout.top_words(p, top_k) for p in probs]
+        maps.append(WordMap(grid=r, window=int(window), words=[cells[i * r:(i + 1) * r] for i in range(r)],
+                            patches=patches))
+    return maps
+
+
+def word_table(maps: list[WordMap]) -> str:
+    """A printable table: for every window, region (row, col) -> top words with probabilities."""
+    lines = []
+    for m in maps:
+        dropped = m.patch_grid - m.grid * m.window
+        note = f" (last {dropped} patch rows/cols not covered)" if dropped else ""
+        lines.append(f"window {m.window}x{m.window} patches: {m.grid}x{m.grid} regions{note}")
+        for i, row in enumerate(m.words):
+            for j, cell in enumerate(row):
+                words = "  ".join(f"{w} {p:.3f}" for w, p in cell) or "-"
+                lines.append(f"  ({i}, {j})  {words}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------- rendering
+
+
+def _centre_square(image, side: int):
+    """The region the model sees (short side resized, centre crop), at ``side`` pixels for display."""
+    image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return image.crop((left, top, left + s, top + s)).resize((side, side))
+
+
+def _fit_font(word: str, cell_pt: float) -> tuple[str, float]:
+    """A font size (points) at which ``word`` fits in a cell; very long words are shortened."""
+    size = min(0.30 * cell_pt, 0.9 * cell_pt / (0.62 * max(len(word), 1)), 22.0)
+    while size < 6.0 and len(word) > 4:  # too long to read at any fitting size: shorten it
+        word = word[: max(3, len(word) * 2 // 3)] + "…"
+        size = min(0.30 * cell_pt, 0.9 * cell_pt / (0.62 * len(word)), 22.0)
+    return word, max(size, 5.0)
+
+
+def render_word_map(image, maps: list[WordMap], path, title: str | None = None) -> Path:
+    """Save a PNG: one panel per window, the image with its region grid and each region's top word.
+
+    Text is white with a dark outline so it reads on any image; the probability is written under
+    the word. Patches not covered by any window (grid not a multiple of the window) are hatched.
+    """
+    from matplotlib import patheffects
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    if not maps:
+        raise ExplainError("no word maps to render")
+    panel_px, dpi = 480, 100
+    shown = _centre_square(image, panel_px)
+    fig = Figure(figsize=(len(maps) * 5.0, 5.4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    outline = [patheffects.withStroke(linewidth=3, foreground="black")]
+    for k, m in enumerate(maps):
+        ax = fig.add_subplot(1, len(maps), k + 1)
+        p = m.patch_grid
+        # Axes in patch units: cell (i, j) spans rows i*w..(i+1)*w and columns j*w..(j+1)*w.
+        ax.imshow(shown, extent=(0, p, p, 0), interpolation="lanczos")
+        covered = m.grid * m.window
+        line_style = dict(color="white", lw=1.2, alpha=0.9,
+                          path_effects=[patheffects.withStroke(linewidth=2.4, foreground="black", alpha=0.5)])
+        for t in range(m.grid + 1):
+            x = t * m.window
+            ax.plot([x, x], [0, covered], **line_style)
+            ax.plot([0, covered], [x, x], **line_style)
+        if covered < p:
+            for box in ((covered, 0, p - covered, p), (0, covered, covered, p - covered)):
+                ax.add_patch(Rectangle(box[:2], box[2], box[3], facecolor="black", alpha=0.45,
+                                       hatch="//", edgecolor="white", lw=0))
+        cell_pt = panel_px * m.window / p * 72 / dpi
+        for i, row in enumerate(m.words):
+            for j, cell in enumerate(row):
+                if not cell:
+                    continue
+                word, prob = cell[0]
+                text, size = _fit_font(word, cell_pt)
+                cx, cy = (j + 0.5) * m.window, (i + 0.5) * m.window
+                ax.text(cx, cy, text, ha="center", va="center", color="white", fontsize=size,
+                        fontweight="bold", path_effects=outline)
+                ax.text(cx, cy + 0.27 * m.window, f"{prob:.0%}", ha="center", va="center", color="white",
+                        fontsize=max(size * 0.6, 5.0), path_effects=outline)
+        ax.set_xlim(0, p)
+        ax.set_ylim(p, 0)
+        ax.set_axis_off()
+        ax.set_title(f"{m.window}×{m.window}-patch windows · {m.grid}×{m.grid} regions", fontsize=12)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    return path
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``explain IMAGE --checkpoint DIR ...`` to a ``flameclip`` subparsers object."""
+    p = subparsers.add_parser("explain", help="word maps: the LLM words each image region is projected to")
+    p.add_argument("image", help="image file")
+    p.add_argument("--checkpoint", required=True, help="FLAME checkpoint folder (text_tower='llm', no embed_dim)")
+    p.add_argument("--windows", type=int, nargs="+", default=list(DEFAULT_WINDOWS),
+                   help="pooling windows in patches (default 2 4, as in the paper)")
+    p.add_argument("--top-k", type=int, default=5, help="words listed per region (default 5)")
+    p.add_argument("--out", default=None, help="PNG to write (default IMAGE_STEM.words.png in the current folder)")
+    p.add_argument("--no-norm", action="store_true",
+                   help="read the tokens without the LLM's final norm (default: apply it, as the LLM does)")
+    p.add_argument("--llm", default=None, help="where the checkpoint's LLM is, if not under its recorded name")
+    p.add_argument("--device", default=None)
+    return p
+
+
+def run(args) -> int:
+    """Print the word table, write the PNG and print its path; refusals are one line on stderr."""
+    from PIL import Image, UnidentifiedImageError
+
+    from .inference import load
+    from .text.llm import LLMNotFoundError
+
+    try:
+        try:
+            image = Image.open(args.image)
+            image.load()
+        except (OSError, UnidentifiedImageError) as e:
+            raise ExplainError(f"cannot read image {args.image}: {e}") from None
+        flame = load(args.checkpoint, llm=args.llm, device=args.device)
+        maps = word_maps(flame, image, windows=args.windows, top_k=args.top_k, apply_norm=not args.no_norm)
+    except (ExplainError, LLMNotFoundError) as e:
+        print(f"flameclip explain: {e}", file=sys.stderr)
+        return 2
+    print(word_table(maps), end="")
+    out = Path(args.out) if args.out else Path(f"{Path(args.image).stem}.words.png")
+    llm = (flame.cfg.llm or {}).get("llm", "LLM")
+    title = f"{Path(args.image).name}: {llm} words per region" + ("" if not args.no_norm else " (no final norm)")
+    print(f"word map: {render_word_map(image, maps, out, title=title)}")
+    return 0
