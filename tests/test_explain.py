@@ -111,7 +111,6 @@ def test_head_loading_on_other_architectures(tmp_path, arch):
     h = torch.randn(5, 32)
     with torch.no_grad():
         torch.testing.assert_close(head(norm(h)), model.lm_head(model.model.norm(h)))
-    assert (head.weight.data_ptr() != model.lm_head.weight.data_ptr())
 
 
 def test_vocabulary_skips_special_and_punctuation_and_merges_spellings(readout):
@@ -137,7 +136,7 @@ def test_regions_are_read_row_major_pooled_and_decoded(monkeypatch, flame, reado
     # Top-left quadrant cat, top-right tree, bottom half dog: not symmetric under transposition, so
     # reading columns for rows would put "tree" bottom-left.
     ids = [[(cat if c < 4 else tree) if r < 4 else dog for c in range(8)] for r in range(8)]
-    rows = fake_tokens(monkeypatch, flame, ids, readout)
+    fake_tokens(monkeypatch, flame, ids, readout)
     # Guard, with HF's own model: each planted direction is read as its word.
     with torch.no_grad():
         for tid in (cat, dog, tree):
@@ -156,7 +155,6 @@ def test_regions_are_read_row_major_pooled_and_decoded(monkeypatch, flame, reado
                 assert len(cell) == 3 and all(0 < p <= 1 for _, p in cell)
                 assert [p for _, p in cell] == sorted((p for _, p in cell), reverse=True)
     assert maps[1].words[0][0][0][1] > 0.5  # a pure region is read with confidence
-    assert rows.shape == (64, 576)
 
 
 def test_each_region_is_the_mean_of_its_window(monkeypatch, flame, readout):
@@ -254,7 +252,7 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def test_cli_prints_table_and_writes_png(tmp_path, flame, capsys):
+def test_cli_prints_table_and_writes_png(tmp_path, capsys):
     ckpt = checkpoint(tmp_path)
     picture().save(tmp_path / "img.png")
     out = tmp_path / "words.png"

@@ -172,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_embed(sub)
     _add_train(sub)
     _add_eval(sub)
+    from . import explain as _explain
     from . import search as _search
 
+    _explain.add_parser(sub)
     _search.add_index_parser(sub)
     _search.add_search_parser(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
-                    "index": lambda a: _search.run_index(a), "search": lambda a: _search.run_search(a)}
+                    "explain": _explain.run, "index": _search.run_index, "search": _search.run_search}
         return commands[args.command](args)
     except (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
             ValueError) as e:

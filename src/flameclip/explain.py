@@ -349,12 +349,16 @@ def _centre_square(image, side: int):
 
 
 def _fit_font(word: str, cell_pt: float) -> tuple[str, float]:
-    """A font size (points) at which ``word`` fits in a cell; very long words are shortened."""
-    size = min(0.30 * cell_pt, 0.9 * cell_pt / (0.62 * max(len(word), 1)), 22.0)
-    while size < 6.0 and len(word) > 4:  # too long to read at any fitting size: shorten it
+    """A font size (points) at which ``word`` fits in a cell; very long words are shortened.
+
+    0.68 em is about the mean advance of a bold DejaVu Sans letter (matplotlib's default font).
+    """
+    def fitting(w: str) -> float:
+        return min(0.30 * cell_pt, 0.9 * cell_pt / (0.68 * max(len(w), 1)), 22.0)
+
+    while fitting(word) < 7.5 and len(word) > 4:  # too long to read at any fitting size: shorten it
         word = word[: max(3, len(word) * 2 // 3)] + "…"
-        size = min(0.30 * cell_pt, 0.9 * cell_pt / (0.62 * len(word)), 22.0)
-    return word, max(size, 5.0)
+    return word, max(fitting(word), 6.0)
 
 
 def render_word_map(image, maps: list[WordMap], path, title: str | None = None) -> Path:
@@ -372,9 +376,9 @@ def render_word_map(image, maps: list[WordMap], path, title: str | None = None) 
         raise ExplainError("no word maps to render")
     panel_px, dpi = 480, 100
     shown = _centre_square(image, panel_px)
-    fig = Figure(figsize=(len(maps) * 5.0, 5.4), dpi=dpi)
+    # The constrained layout keeps the suptitle clear of the panel titles.
+    fig = Figure(figsize=(len(maps) * 5.0, 5.6), dpi=dpi, layout="constrained")
     FigureCanvasAgg(fig)
-    outline = [patheffects.withStroke(linewidth=3, foreground="black")]
     for k, m in enumerate(maps):
         ax = fig.add_subplot(1, len(maps), k + 1)
         p = m.patch_grid
@@ -398,18 +402,21 @@ def render_word_map(image, maps: list[WordMap], path, title: str | None = None) 
                     continue
                 word, prob = cell[0]
                 text, size = _fit_font(word, cell_pt)
-                cx, cy = (j + 0.5) * m.window, (i + 0.5) * m.window
-                ax.text(cx, cy, text, ha="center", va="center", color="white", fontsize=size,
-                        fontweight="bold", path_effects=outline)
-                ax.text(cx, cy + 0.27 * m.window, f"{prob:.0%}", ha="center", va="center", color="white",
-                        fontsize=max(size * 0.6, 5.0), path_effects=outline)
+                centre = ((j + 0.5) * m.window, (i + 0.5) * m.window)
+                small = max(size * 0.6, 6.0)
+                # An outline as thick for small text as for large would swallow the letters.
+                outline = [patheffects.withStroke(linewidth=min(3.0, max(1.5, size / 6)), foreground="black")]
+                # Offsets in points keep the word and its probability together at any cell size.
+                ax.annotate(text, centre, xytext=(0, small * 0.55), textcoords="offset points", ha="center",
+                            va="center", color="white", fontsize=size, fontweight="bold", path_effects=outline)
+                ax.annotate(f"{prob:.0%}", centre, xytext=(0, -size * 0.75), textcoords="offset points",
+                            ha="center", va="center", color="white", fontsize=small, path_effects=outline)
         ax.set_xlim(0, p)
         ax.set_ylim(p, 0)
         ax.set_axis_off()
         ax.set_title(f"{m.window}×{m.window}-patch windows · {m.grid}×{m.grid} regions", fontsize=12)
     if title:
         fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
