@@ -94,7 +94,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(reference_store, captions
 
 def test_torchrun_two_processes_write_one_identical_store(reference_store, captions, tmp_path):
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "flameclip.cli", *_cmd(captions, out)[3:]]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -15,10 +15,9 @@ from flameclip.embed import EmbedConfig, run_embed
 from flameclip.evaluate.datasets import load_classification, load_retrieval
 from flameclip.evaluate.tasks import Evaluator, TaskSpec, load_suite
 from flameclip.inference import load
-from flameclip.model import FlameModel
 from flameclip.train import train
 
-from .shapes_data import COLOURS, SHAPES, make_shapes
+from .shapes_data import SHAPES, make_shapes
 
 TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_depth=2",
         "model.vision_heads=2", "workers=0", "precision=fp32", "warmup_steps=2", "save_every=100", "epochs=3",

@@ -3,7 +3,6 @@
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -125,12 +124,9 @@ def test_torchrun_two_processes_match_one_process(data, tmp_path):
     one = tmp_path / "one"
     res = train(cfg_for(data, one, "max_steps=3", "save_every=100", "lr=1e-3"), progress=False)
     two = tmp_path / "two"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     args = _overrides(data, two, "max_steps=3", "save_every=100", "lr=1e-3")
     args[args.index("batch_size=8")] = "batch_size=4"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "flameclip.cli", "train", "--no-progress", *args]
     r = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -145,6 +145,7 @@ def cmd_eval(args) -> int:
         for spec in specs:
             print(f"[{label}] {spec.task}: {spec.name}", file=sys.stderr)
             results["results"].append({"checkpoint": label, **ev.run(spec)})
+            write_report(results, args.out)  # after every task, so an error later loses nothing finished
     paths = write_report(results, args.out)
     print(console_table(results))
     print(f"report: {paths.get('report', args.out)}")
@@ -191,17 +192,30 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
                     "explain": _explain.run, "index": _search.run_index, "search": _search.run_search}
         return commands[args.command](args)
-    except (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
-            ValueError) as e:
+    except KeyboardInterrupt:
+        print(f"flameclip {args.command}: interrupted; {_INTERRUPTED.get(args.command, 'nothing was lost')}",
+              file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
         if os.environ.get("FLAMECLIP_DEBUG"):
             raise
-        print(f"flameclip {args.command}: {e} (set FLAMECLIP_DEBUG=1 for the traceback)"
-              if not isinstance(e, (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError))
-              else f"flameclip {args.command}: {e}", file=sys.stderr)
+        known = (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
+                 FileExistsError, ValueError, RuntimeError, TimeoutError)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if isinstance(e, (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError)) \
+            else " (set FLAMECLIP_DEBUG=1 for the traceback)"
+        prefix = "" if isinstance(e, known) else f"{type(e).__name__}: "
+        print(f"flameclip {args.command}: {prefix}{text}{hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"flameclip {args.command}: interrupted; finished shards are kept, run the same command to resume", file=sys.stderr)
-        return 130
+
+
+# What an interrupted command leaves behind, said when the user presses Ctrl-C.
+_INTERRUPTED = {
+    "embed": "finished shards are kept; run the same command to resume",
+    "train": "the last checkpoint is kept (and one was written now if possible); run again with resume=latest",
+    "eval": "results of finished tasks are in the output folder",
+    "index": "nothing was written; run the same command again",
+}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,14 +59,34 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value, tp):
-    """Coerce a parsed TOML value to a dataclass field type (tuples and floats given as ints)."""
+def _coerce(value, tp, key: str = ""):
+    """Check a parsed TOML value against a dataclass field type; ints become floats and lists tuples."""
     origin = typing.get_origin(tp)
-    if tp is float and isinstance(value, int):
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is tuple and isinstance(value, list):
         return tuple(value)
-    return value
+    if origin is list and isinstance(value, list):
+        return value
+    if origin in (typing.Union, types.UnionType):  # e.g. int | None
+        if value is None or any(_matches(value, a) for a in typing.get_args(tp)):
+            return value
+    elif _matches(value, tp):
+        return value
+    raise ValueError(f"setting '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _matches(value, tp) -> bool:
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp in (str, bool, dict):
+        return isinstance(value, tp)
+    origin = typing.get_origin(tp)
+    return origin is not None and isinstance(value, origin)
 
 
 def _apply(obj, data: dict, where: str):
@@ -80,7 +101,7 @@ def _apply(obj, data: dict, where: str):
                 raise ValueError(f"{where}: '{key}' is a table of settings")
             _apply(current, value, f"{where}.{key}")
         else:
-            setattr(obj, key, _coerce(value, hints[key]))
+            setattr(obj, key, _coerce(value, hints[key], f"{where}: {key}"))
 
 
 def _parse_value(text: str):

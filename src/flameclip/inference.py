@@ -164,6 +164,8 @@ class FlameCLIP:
     @torch.no_grad()
     def encode_text(self, texts, mode: str = "single") -> torch.Tensor:
         """Normalised text embeddings [N, E]; ``texts`` are strings or the output of ``tokenize``."""
+        if not isinstance(texts, torch.Tensor) and len(texts) == 0:
+            return torch.zeros(0, self.model.embed_dim)
         x = texts if isinstance(texts, torch.Tensor) else self.tokenize(texts, mode)
         out = [self.model.encode_text(x[i : i + self.batch_size].to(self.device)).float()
                for i in range(0, len(x), self.batch_size)]

@@ -325,7 +325,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         model.load_state_dict(loaded.state_dict())
         state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         start_step, skipped = state["step"], set(state.get("skipped_ids", []))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -345,48 +345,54 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     bar = tqdm(total=total, initial=start_step, unit="step", desc="train", disable=not (progress and d.main))
     t_last, images_since, last_loss, eval_result = time.perf_counter(), 0, float("nan"), {}
     last_ckpt = ckpt
-    while step < total:
-        if step // steps_per_epoch != epoch:
-            epoch = step // steps_per_epoch
-            it = iter(loader_for(train_ds, cfg, d, epoch))
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, total)
-        micro_batches = []
-        for _ in range(cfg.grad_accum):
-            images, texts, bad = next(it)
-            new = [b for b in bad if b[0] not in skipped]
-            skipped.update(b[0] for b in bad)
-            if new and d.main:  # say it once per image; the total is in the summary
-                tqdm.write("skipped unreadable image(s), replaced by the next sample: "
-                           + "; ".join(f"{i} ({p}: {e})" for i, p, e in new[:3]))
-            micro_batches.append((images, texts))
-            images_since += images.shape[0] * d.world_size
-        loss_sum = train_step(ddp_model, model, loss_fn, opt, micro_batches, device, autocast, cfg.grad_clip)
-        step += 1
-        if d.world_size > 1:  # log the global loss, not this rank's share
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        last_loss = float(loss_sum)
-        bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+    try:
+        while step < total:
+            if step // steps_per_epoch != epoch:
+                epoch = step // steps_per_epoch
+                it = iter(loader_for(train_ds, cfg, d, epoch))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg, total)
+            micro_batches = []
+            for _ in range(cfg.grad_accum):
+                images, texts, bad = next(it)
+                new = [b for b in bad if b[0] not in skipped]
+                skipped.update(b[0] for b in bad)
+                if new and d.main:  # say it once per image; the total is in the summary
+                    tqdm.write("skipped unreadable image(s), replaced by the next sample: "
+                               + "; ".join(f"{i} ({p}: {e})" for i, p, e in new[:3]))
+                micro_batches.append((images, texts))
+                images_since += images.shape[0] * d.world_size
+            loss_sum = train_step(ddp_model, model, loss_fn, opt, micro_batches, device, autocast, cfg.grad_clip)
+            step += 1
+            if d.world_size > 1:  # log the global loss, not this rank's share
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            last_loss = float(loss_sum)
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
 
-        if d.main and (step % cfg.log_every == 0 or step == total):
-            now = time.perf_counter()
-            scale, bias = model.logit_params()
-            log.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
-                     "logit_scale": scale.item(), "logit_bias": bias.item(),
-                     "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": len(skipped)})
-            t_last, images_since = now, 0
-        if val_ds is not None and d.main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-            eval_result = evaluate_retrieval(model, val_ds, cfg, device)
-            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_result.items()))
-            if log.tb is not None:
-                for k, v in eval_result.items():
-                    log.tb.add_scalar(f"eval/{k}", v, step)
-        if d.main and (step % cfg.save_every == 0 or step == total):
-            last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
-            plot_losses(out)
-        if d.world_size > 1 and step % cfg.save_every == 0:
-            dist.barrier()  # nobody runs ahead of a checkpoint being written
+            if d.main and (step % cfg.log_every == 0 or step == total):
+                now = time.perf_counter()
+                scale, bias = model.logit_params()
+                log.log({"step": step, "epoch": epoch, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
+                         "logit_scale": scale.item(), "logit_bias": bias.item(),
+                         "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": len(skipped)})
+                t_last, images_since = now, 0
+            if val_ds is not None and d.main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+                eval_result = evaluate_retrieval(model, val_ds, cfg, device)
+                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_result.items()))
+                if log.tb is not None:
+                    for k, v in eval_result.items():
+                        log.tb.add_scalar(f"eval/{k}", v, step)
+            if d.main and (step % cfg.save_every == 0 or step == total):
+                last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
+                plot_losses(out)
+            if d.world_size > 1 and step % cfg.save_every == 0:
+                dist.barrier()  # nobody runs ahead of a checkpoint being written
+    except KeyboardInterrupt:
+        # Keep the steps done since the last checkpoint: the run resumes from here with resume=latest.
+        if d.main and step > start_step and (last_ckpt is None or not str(last_ckpt).endswith(f"{step:07d}")):
+            save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
+        raise
     bar.close()
     rate = 0.0
     if d.main:

@@ -24,6 +24,13 @@ class CaptionTable:
 
 def iter_records(path: Path):
     """Yield (row_number, dict) for every record; row numbers are 1-based lines or records."""
+    try:
+        yield from _iter_records(path)
+    except UnicodeDecodeError as e:
+        raise CaptionsFileError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def _iter_records(path: Path):
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:

@@ -190,7 +190,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
             try:
                 image = self._load(rec)
                 break
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 bad.append((rec.id, rec.path, type(e).__name__))
         else:
             raise DataError(f"{self.max_replacements} unreadable images in a row from '{self.records[index].path}': "

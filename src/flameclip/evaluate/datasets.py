@@ -133,7 +133,7 @@ class _ImageFiles(torch.utils.data.Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 return self.transform(im.convert("RGB")), i, ""
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             return torch.zeros(0), i, f"{self.paths[i]} ({type(e).__name__})"
 
 

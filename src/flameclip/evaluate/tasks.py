@@ -14,7 +14,7 @@ import torch
 
 from ..data.images import DataError
 from ..inference import FlameCLIP
-from .datasets import ClassificationSet, RetrievalSet, iterate_images, load_classification, load_retrieval
+from .datasets import RetrievalSet, iterate_images, load_classification, load_retrieval
 from .metrics import linear_probe, retrieval_metrics, zero_shot_metrics
 
 TASKS = ("zeroshot", "retrieval", "multilingual", "linear_probe")

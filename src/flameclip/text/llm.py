@@ -180,7 +180,9 @@ def _cached_file_hash(path: Path) -> str:
         return memo.read_text().strip()
     digest = sha256_file(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest)
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+    tmp.write_text(digest)
+    os.replace(tmp, memo)  # a concurrent reader sees the whole hash or nothing
     return digest
 
 
@@ -206,10 +208,12 @@ def _convert_gguf(src: LLMSource) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / "flameclip_source.json").write_text(json.dumps({"gguf": src.path, "sha256": src.weights_sha256}))
-    if folder.exists():  # a concurrent conversion finished first: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
+    try:
         os.replace(tmp, folder)
+    except OSError:  # a concurrent conversion finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "flameclip_source.json").exists():
+            raise
     return folder
 
 
