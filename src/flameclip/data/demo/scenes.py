@@ -101,7 +101,9 @@ class SceneObject:
 class Scene:
     size: int
     background: Background
-    objects: tuple[SceneObject, ...]  # in reading order (by cell)
+    # In the order the long caption mentions them: reading order (by cell) for sampled scenes; a
+    # hard negative keeps its moved object last.
+    objects: tuple[SceneObject, ...]
     caption_seed: int  # fixes the phrasing, apart from the content
     alt_order: tuple[int, ...] = field(default=())  # order of names in the alt-text
 
@@ -268,7 +270,7 @@ def short_caption(scene: Scene) -> str:
 
 
 def long_caption(scene: Scene) -> str:
-    """A paragraph: background, every object in reading order with position, size and relation.
+    """A paragraph: background, every object (in ``scene.objects`` order) with position, size and relation.
 
     The phrasing (one of three templates per sentence) is drawn from ``scene.caption_seed`` only,
     so two scenes with the same seed that differ in their last object share every earlier word:
@@ -294,8 +296,8 @@ def long_caption(scene: Scene) -> str:
             f"{_cap(thing)} sits in the {o.position}, {relation(o, objs[i - 1])} the {prev}.",
         ][t])
     if n >= 2:
-        by_size = draw_order(objs)
-        out.append(f"The largest object is the {by_size[0].glyph.name} and the smallest is the {by_size[-1].glyph.name}.")
+        largest, smallest = draw_order(objs)[0], draw_order(objs)[-1]
+        out.append(f"The largest object is the {largest.glyph.name} and the smallest is the {smallest.glyph.name}.")
     return " ".join(out)
 
 
@@ -324,7 +326,7 @@ def _common_prefix(texts: list[str]) -> str:
 
 def sample_hard_negative_group(rng: np.random.Generator, vocab: list[Glyph], size: int = 64,
                                group_size: int = 4, max_tries: int = 100) -> list[tuple[Scene, str]]:
-    """Scenes that differ only in their LAST object (reading order): its glyph or its cell.
+    """Scenes that differ only in their LAST object (the last one the long caption names): its glyph or its cell.
 
     Returns (scene, what changed: "original" | "object" | "position"). The last object is named
     last in the long caption, and groups are kept only when the captions' common prefix is
@@ -334,12 +336,14 @@ def sample_hard_negative_group(rng: np.random.Generator, vocab: list[Glyph], siz
     for _ in range(max_tries):
         scene = sample_scene(rng, vocab, size, n=int(rng.integers(6, 10)))
         objs = list(scene.objects)
-        last, prev = objs[-1], objs[-2]
+        last = objs[-1]
         used_glyphs = {o.glyph.key for o in objs}
-        used_cells = {last.cell}
+        used_cells = {o.cell for o in objs}
         group = [(scene, "original")]
         for _k in range(group_size - 1):
-            free = [c for c in range(prev.cell + 1, 9) if c not in used_cells]  # keeps it last in reading order
+            # Any empty cell: the moved object stays last in the caption even if it is no longer
+            # last in reading order, and its relation to the previous object is recomputed.
+            free = [c for c in range(9) if c not in used_cells]
             kind = "position" if free and rng.random() < 0.5 else "object"
             new = None
             if kind == "position":

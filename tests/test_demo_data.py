@@ -1,0 +1,254 @@
+"""The demo data builders: emoji glyphs, scenes with captions, and the evaluation sets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flameclip.data.demo import glyphs as G
+from flameclip.data.demo.glyphs import EmojiFontNotFound, find_emoji_font
+
+try:
+    find_emoji_font()
+except EmojiFontNotFound as e:  # the only reason to skip: a system package we cannot pip-install
+    pytest.skip(str(e), allow_module_level=True)
+
+from flameclip.data.demo import build_demo_data  # noqa: E402
+from flameclip.data.demo import scenes as SC  # noqa: E402
+
+# Small but not trivial: enough scenes for the caption statistics, a few of every evaluation set.
+SIZES = dict(vocab_size=40, n_train=150, long_groups=6, group_size=4, n_short=10, n_classes=5, per_class=2,
+             n_multilingual=12)
+TINY = dict(vocab_size=20, n_train=10, long_groups=2, group_size=3, n_short=4, n_classes=3, per_class=2,
+            n_multilingual=4)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    return build_demo_data(root, "cpu", seed=0, progress=False, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def clip_tok():
+    open_clip = pytest.importorskip("open_clip")
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ glyphs
+
+def test_glyphs_render_as_nonempty_rgba():
+    glyphs = G.list_glyphs()
+    assert len(glyphs) > 1000  # Noto Color Emoji draws well over a thousand simple emoji
+    for g in glyphs[:: len(glyphs) // 25]:
+        im = G.glyph_image(g.key)
+        assert im.mode == "RGBA" and min(im.size) >= 20
+        alpha = np.asarray(im)[..., 3]
+        assert alpha.max() == 255 and (alpha > 0).mean() > 0.1, g
+        small = G.glyph_at(g.key, 16)
+        assert max(small.size) == 16 and small.mode == "RGBA"
+    # The font draws nothing for a code point it lacks, and such glyphs are not listed.
+    from PIL import ImageFont
+
+    font = ImageFont.truetype(str(find_emoji_font()), G.NATIVE_SIZE)
+    assert G.render_glyph(font, "\ue000") is None
+    assert G.render_glyph(font, "🍎") is not None
+
+
+def test_glyph_names_are_clean_english():
+    assert G.clean_name(":red_apple:") == "red apple"
+    assert G.clean_name(":man’s_shoe:") == "man's shoe"
+    by_char = {g.char: g for g in G.list_glyphs()}
+    apple = by_char["🍎"]
+    assert apple.name == "red apple" and apple.names["en"] == "red apple"
+    assert apple.names["de"] == "roter apfel" and apple.names["fr"] == "pomme rouge"
+    for g in G.list_glyphs():
+        assert g.name and g.name == g.name.strip() and not re.search(r"[:_]|\s\s", g.name), g
+    vocab = G.vocabulary()
+    assert len(vocab) > 1000
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z' \-]*", g.name) for g in vocab)
+    assert len({g.name.lower() for g in vocab}) == len(vocab)  # a name identifies one glyph
+    assert G.vocabulary(30) == vocab[:30]  # smaller vocabularies are prefixes of larger ones
+
+
+# ------------------------------------------------------------------ scenes and captions
+
+def test_positions_and_sizes_are_true_of_the_pixels(built):
+    S = 64
+    for rec in _jsonl(built["train_scenes"]):
+        assert 1 <= len(rec["objects"]) <= 9
+        for o in rec["objects"]:
+            x0, y0, x1, y1 = o["box"]
+            assert 0 <= x0 < x1 <= S and 0 <= y0 < y1 <= S, rec["id"]
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            row, col = SC.ROWS[min(2, int(cy * 3 // S))], SC.COLS[min(2, int(cx * 3 // S))]
+            expected = "centre" if row == col == "centre" else f"{row} {col}"
+            assert o["position"] == expected, (rec["id"], o)
+            lo, hi = SC.SIZE_RANGES[o["size"]]
+            assert lo * S - 1 <= max(x1 - x0, y1 - y0) <= hi * S + 1, (rec["id"], o)
+
+
+def test_long_captions_exceed_clip_context_and_name_every_object(built, clip_tok):
+    caps = {r["id"]: r for r in _jsonl(built["train_captions"])}
+    scenes = {r["id"]: r for r in _jsonl(built["train_scenes"])}
+    assert caps.keys() == scenes.keys()
+    over = 0
+    for sid, rec in caps.items():
+        n_tokens = len(clip_tok.encode(rec["long"])) + 2  # plus start and end of text
+        over += n_tokens > 77
+        # The piece count used to place hard negatives is a lower bound on CLIP's token count.
+        assert len(SC.clip_pieces(rec["long"])) + 2 <= n_tokens
+        objs = scenes[sid]["objects"]
+        sentences = rec["long"].split(". ")
+        for o in objs:
+            assert o["name"] in rec["raw"], (sid, o["name"])
+            # The object is named with its size, in a sentence that gives its position.
+            named = [t for t in sentences if f"{SC.SIZE_WORDS[o['size']]} {o['name']}" in t]
+            where = re.compile(rf"the {o['position']}(?! left| right)", re.IGNORECASE)
+            assert any(where.search(t) for t in named), (sid, o, rec["long"])
+        assert rec["raw"].count(",") == len(objs) - 1
+        assert rec["short"].endswith(".") and rec["short"].count(".") == 1
+        assert f"The image shows {SC.NUMBER_WORDS[len(objs)]} object" in rec["long"]
+    assert over / len(caps) > 0.3, f"only {over}/{len(caps)} long captions exceed 77 CLIP tokens"
+
+
+def test_relations_match_the_grid():
+    vocab = G.vocabulary(30)
+    rng = np.random.default_rng(5)
+    scene = SC.sample_scene(rng, vocab, 64, n=9)  # every cell used: reading order = cell order
+    a, b, e = scene.objects[0], scene.objects[1], scene.objects[4]
+    assert a.position == "top left" and e.position == "centre"
+    assert SC.relation(a, b) == "to the left of" and SC.relation(b, a) == "to the right of"
+    assert SC.relation(a, scene.objects[3]) == "above"
+    assert SC.relation(scene.objects[8], a) == "below and to the right of"
+
+
+def test_hard_negatives_differ_only_after_clip_context(built, clip_tok):
+    rows = _jsonl(built["long_retrieval"])
+    root = built["long_retrieval"].parent
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    assert len(groups) == SIZES["long_groups"] and all(len(g) == SIZES["group_size"] for g in groups.values())
+    kinds = {r["change"] for r in rows}
+    assert "original" in kinds and kinds <= {"original", "object", "position"}
+    for g in groups.values():
+        caps = [r["caption"] for r in g]
+        assert len(set(caps)) == len(caps)  # the full texts tell the scenes apart
+        truncated = clip_tok(caps)  # what a CLIP text encoder sees: 77 tokens
+        assert all(torch_equal(truncated[0], t) for t in truncated[1:]), "texts differ within CLIP's context"
+        prefix = os.path.commonprefix(caps)
+        assert len(prefix) > 0.5 * max(len(c) for c in caps)
+        pixels = [np.asarray(Image.open(root / r["image"])) for r in g]
+        for i in range(len(pixels)):
+            for j in range(i + 1, len(pixels)):
+                assert not np.array_equal(pixels[i], pixels[j])
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+# ------------------------------------------------------------------ evaluation sets and suite
+
+def test_multilingual_manifest(built):
+    rows = _jsonl(built["multilingual"])
+    langs = {r["language"] for r in rows}
+    assert len(langs) >= 10 and langs <= set(G.LANGUAGES)
+    english = {r["image"]: r["caption"] for r in rows if r["language"] == "en"}
+    assert len(english) == SIZES["n_multilingual"]
+    for r in rows:
+        assert r["caption"].strip() and r["image"] in english
+        if r["language"] != "en":
+            assert r["caption"].casefold() != english[r["image"]].casefold(), r
+    # No duplicate (image, language) rows.
+    assert len({(r["image"], r["language"]) for r in rows}) == len(rows)
+
+
+def test_zeroshot_folders_and_disjoint_images(built):
+    folders = sorted(p for p in built["zeroshot"].iterdir() if p.is_dir())
+    vocab_names = {g.name for g in G.vocabulary(SIZES["vocab_size"])}
+    assert len(folders) == SIZES["n_classes"]
+    for f in folders:
+        assert f.name.replace("_", " ") in vocab_names
+        assert len(list(f.glob("*.png"))) == SIZES["per_class"]
+    # Evaluation images are never training images (nor each other).
+    root = built["root"]
+    digests = [hashlib.sha1(np.asarray(Image.open(p)).tobytes()).hexdigest() for p in sorted(root.rglob("*.png"))]
+    assert len(set(digests)) == len(digests)
+
+
+def test_suite_parses_and_points_at_files(built):
+    suite = built["suite"]
+    data = tomllib.loads(suite.read_text(encoding="utf-8"))
+    tasks = {t["name"]: t for t in data["task"]}
+    assert set(tasks) == {"emoji-glyphs", "scenes-long", "scenes-short", "emoji-names"}
+    assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "single"
+    for t in data["task"]:
+        assert (suite.parent / t["path"]).exists(), t
+    # The evaluator's own loaders accept every set and find every image.
+    from flameclip.evaluate.datasets import load_classification, load_retrieval
+    from flameclip.evaluate.tasks import load_suite
+
+    specs = {s.name: s for s in load_suite(suite)}
+    zs = load_classification("z", specs["emoji-glyphs"].path)
+    assert zs.counts() == {"images": SIZES["n_classes"] * SIZES["per_class"], "classes": SIZES["n_classes"]}
+    long = load_retrieval("l", specs["scenes-long"].path)
+    short = load_retrieval("s", specs["scenes-short"].path)
+    multi = load_retrieval("m", specs["emoji-names"].path, language_column="language")
+    assert len(long.images) == SIZES["long_groups"] * SIZES["group_size"] and len(short.images) == SIZES["n_short"]
+    assert len(multi.images) == SIZES["n_multilingual"]
+    for ds in (zs, long, short, multi):
+        assert all(Path(p).is_file() for p in ds.images)
+    # Training manifest and captions join by id and point at images.
+    manifest = _jsonl(built["train_manifest"])
+    assert [r["id"] for r in manifest] == [r["id"] for r in _jsonl(built["train_captions"])]
+    assert all((built["train_manifest"].parent / r["image"]).is_file() for r in manifest)
+
+
+# ------------------------------------------------------------------ building
+
+def test_build_is_deterministic_and_built_once(tmp_path, monkeypatch):
+    a = build_demo_data(tmp_path / "a", "cpu", seed=0, progress=False, **TINY)
+    b = build_demo_data(tmp_path / "b", "cpu", seed=0, progress=False, **TINY)
+    c = build_demo_data(tmp_path / "c", "cpu", seed=1, progress=False, **TINY)
+    fa, fb, fc = _files(a["root"]), _files(b["root"]), _files(c["root"])
+    assert len(fa) > 20 and fa == fb  # same seed: byte-identical files, DONE.json included
+    differ = [k for k in fa if fa[k] != fc.get(k)]
+    assert any(k.startswith("train/images/") for k in differ) and "train/captions.jsonl" in differ
+
+    # Built once: the same parameters do not build again; other ones do, replacing the old set.
+    from flameclip.data.demo import build as B
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rebuilt although DONE.json matches")
+
+    monkeypatch.setattr(B, "_build", fail)
+    assert build_demo_data(tmp_path / "a", "cpu", seed=0, progress=False, **TINY) == a
+    monkeypatch.undo()
+    build_demo_data(tmp_path / "a", "cpu", seed=0, progress=False, **{**TINY, "n_train": 5})
+    assert len(list((tmp_path / "a" / "train" / "images").glob("*.png"))) == 5
+    assert not (tmp_path / "a" / ".partial").exists()
+
+
+def test_bad_parameters_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="scale"):
+        build_demo_data(tmp_path, "tpu")
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_demo_data(tmp_path, "cpu", progress=False, **{**TINY, "n_classes": 50})
