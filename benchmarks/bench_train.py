@@ -17,14 +17,20 @@ loading: this measures the model and the step, not the input pipeline):
 
 The sides are timed interleaved over several rounds: in each round the four small sides take
 steps in turn (so a slow spell of the machine hits them alike), and open_clip runs its own block
-before or after them, alternately. Medians are reported, with ratios: machines here are noisy, so
-absolute times mean little. Peak
-memory is measured per side in a fresh subprocess of this script (``--only SIDE``): on CUDA
-``torch.cuda.max_memory_allocated``, on CPU the growth of the peak RSS from before the model is
-built to after a few steps.
+before or after them, alternately. Medians are reported, and ratios taken between steps run back
+to back: machines here are noisy, so absolute times mean little. Peak memory is measured per side
+in a fresh subprocess of this script (``--only SIDE``): on CUDA ``torch.cuda.max_memory_allocated``,
+on CPU the growth of the peak RSS from before the model is built to after a few steps.
+
+What is matched against open_clip: ViT width, depth, heads (head width), MLP ratio 4, patch and
+image size, GELU, pre-norm blocks, batch size, AdamW settings, precision. What is not: open_clip's
+native ViT has an extra pre-norm (ln_pre), no conv bias, nn.MultiheadAttention instead of timm's
+Attention, and a CLS token + linear projection instead of the mean of projected patch tokens;
+``--openclip-vision timm`` (vit-b16 preset) uses open_clip's timm adapter around the very same timm
+ViT instead. And the text sides differ by design: that is the point of FLAME.
 
     python benchmarks/bench_train.py                       # small ViT, CPU-sized, fp32
-    python benchmarks/bench_train.py --preset vit-b16 --precision bf16 --device cuda
+    python benchmarks/bench_train.py --preset vit-b16 --precision bf16 --device cuda [--openclip-vision timm]
     python benchmarks/bench_train.py --text-layers 4 --text-width 256 --text-heads 4   # smaller CLIP text tower
 """
 
@@ -35,7 +41,6 @@ import contextlib
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -253,6 +258,8 @@ def timed(step, device) -> float:
 
 
 def _peak_rss_bytes() -> int:
+    import resource  # Unix only, and only needed for a CPU memory measurement
+
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024  # bytes on macOS, KiB on Linux
 
@@ -278,14 +285,37 @@ def measure_memory(name: str, args, device) -> dict:
             "process_peak_mib": peak / 2**20}
 
 
-def memory_in_subprocess(name: str, args) -> dict | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--only", name, *child_argv(args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MEM_TAG):
-            return json.loads(line[len(MEM_TAG):])
-    sys.stderr.write(f"memory run for {name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n")
-    return None
+def memory_in_subprocesses(args) -> dict:
+    """Peak memory of each side, each in a fresh process of this script (``--only SIDE``).
+
+    On CPU the processes run side by side with one thread each (RSS is per process, so they do not
+    disturb each other's number, and the imports no longer run one after the other); on CUDA one
+    after the other, so none can run short of device memory because of another.
+    """
+    env = dict(os.environ)
+    parallel = args.device == "cpu"
+    if parallel:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    out, procs = {}, {}
+    t0 = time.perf_counter()
+    for side in MEMORY_SIDES:
+        cmd = [sys.executable, os.path.abspath(__file__), "--only", side, *child_argv(args)]
+        procs[side] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        if not parallel:
+            procs[side].wait()
+    for side, proc in procs.items():
+        stdout, stderr = proc.communicate()
+        out[side] = None
+        for line in reversed(stdout.splitlines()):
+            if line.startswith(MEM_TAG):
+                out[side] = json.loads(line[len(MEM_TAG):])
+                break
+        else:
+            sys.stderr.write(f"memory run for {side} failed (exit {proc.returncode}):\n{stderr[-2000:]}\n")
+        print(f"  memory {side}: " + (f"{out[side]['peak_mib']:.0f} MiB" if out[side] else "failed"), flush=True)
+    print(f"  ({'side by side, 1 thread each' if parallel else 'one after the other'}, "
+          f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    return out
 
 
 def child_argv(args) -> list[str]:
@@ -335,7 +365,8 @@ def parse_args(argv=None):
     p.add_argument("--min-seconds", type=float, default=2.0,
                    help="time each block for at least this many seconds per side in it "
                         "(more steps for the cheap sides)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per side before the first round")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="untimed steps per side before the first round (besides --rewarm)")
     p.add_argument("--rewarm", type=int, default=1, help="untimed steps per side at the start of every round")
     p.add_argument("--mem-steps", type=int, default=2, help="steps run by each memory subprocess")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
@@ -384,15 +415,8 @@ def main(argv=None) -> int:
     print(f"open_clip: {vision}; text tower context {args.context_length}, width {args.text_width}, "
           f"{args.text_layers} layers, {args.text_heads} heads; embed {args.embed_dim}; ClipLoss")
 
-    # Memory first, each side alone in a fresh process (nothing else runs meanwhile).
-    memory = {}
-    if not args.no_memory:
-        for side in MEMORY_SIDES:
-            t0 = time.perf_counter()
-            memory[side] = memory_in_subprocess(side, args)
-            print(f"  memory {side}: "
-                  + (f"{memory[side]['peak_mib']:.0f} MiB" if memory[side] else "failed")
-                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
+    # Memory first, each side in a fresh process, before the timing (nothing else runs meanwhile).
+    memory = {} if args.no_memory else memory_in_subprocesses(args)
 
     steps, infos = {}, {}
     for side in SIDES:
@@ -406,7 +430,7 @@ def main(argv=None) -> int:
     # and open_clip alone (one of its steps costs many of theirs). Each block runs at least
     # --steps cycles and at least --min-seconds per side, after --rewarm untimed steps per side.
     times = {side: [] for side in SIDES}
-    pairs = []  # flameclip / bare-timm step time, within one cycle
+    cycles = []  # {side: seconds} of the small sides, one step each, back to back
     per_round = []  # median step time of each side in each round
     for r in range(args.rounds):
         blocks = [SMALL_SIDES, ("open_clip",)]
@@ -419,13 +443,13 @@ def main(argv=None) -> int:
                 for _ in range(args.rewarm):
                     steps[side]()
             ts = {side: [] for side in order}
-            cycles, t_end = 0, time.perf_counter() + args.min_seconds * len(order)
-            while cycles < args.steps or time.perf_counter() < t_end:
+            n, t_end = 0, time.perf_counter() + args.min_seconds * len(order)
+            while n < args.steps or time.perf_counter() < t_end:
                 for side in order:
                     ts[side].append(timed(steps[side], device))
-                if "flameclip" in ts and "bare-timm" in ts:
-                    pairs.append(ts["flameclip"][-1] / ts["bare-timm"][-1])
-                cycles += 1
+                if len(order) > 1:
+                    cycles.append({side: ts[side][-1] for side in order})
+                n += 1
             for side in order:
                 times[side] += ts[side]
                 this_round[side] = statistics.median(ts[side])
@@ -433,63 +457,75 @@ def main(argv=None) -> int:
         print(f"  round {r + 1}/{args.rounds}: "
               + ", ".join(f"{s} {1000 * this_round[s]:.0f} ms" for s in SIDES), flush=True)
 
+    # Ratios, robust to a machine whose speed drifts: between the small sides, the median over
+    # cycles of the ratio of their back-to-back steps; open_clip (its own block) against flameclip,
+    # the median over rounds of the ratio of the round medians.
+    def paired(a: str, b: str) -> float:
+        return statistics.median(c[a] / c[b] for c in cycles)
+
+    def paired_diff(a: str, b: str, base: str) -> float:
+        return statistics.median((c[a] - c[b]) / c[base] for c in cycles)
+
+    vs_flame = {side: paired(side, "flameclip") for side in SMALL_SIDES}
+    round_openclip = [pr["open_clip"] / pr["flameclip"] for pr in per_round]
+    vs_flame["open_clip"] = statistics.median(round_openclip)
+
     med = {side: median_ms(times[side]) for side in SIDES}
-    flame = med["flameclip"]
     rows = []
     print()
     header = (f"{'side':<18} {'params':>8} {'step ms':>9} {'images/s':>9} {'peak MiB':>9} "
               f"{'time/flame':>11} {'mem/flame':>10}")
     print(header)
     print("-" * len(header))
+    flame_mem = memory.get("flameclip")
     for side in SIDES:
         mem = memory.get(side)
         mem_mib = mem["peak_mib"] if mem else None
-        flame_mem = memory.get("flameclip")
         mem_ratio = mem_mib / flame_mem["peak_mib"] if mem_mib is not None and flame_mem else None
         row = {
             "side": side,
             "params": infos[side]["params"],
             "step_ms_median": med[side],
-            "step_ms_min": 1000 * min(times[side]),
-            "step_ms_max": 1000 * max(times[side]),
             "images_per_s": args.batch_size / (med[side] / 1000),
             "peak_mib": mem_mib,
-            "time_vs_flameclip": med[side] / flame,
+            "time_vs_flameclip": vs_flame[side],
             "memory_vs_flameclip": mem_ratio,
             "step_ms_all": [1000 * t for t in times[side]],
         }
         rows.append(row)
         print(f"{side:<18} {row['params'] / 1e6:>7.2f}M {med[side]:>9.1f} {row['images_per_s']:>9.1f} "
-              f"{(f'{mem_mib:.0f}' if mem_mib is not None else '-'):>9} {row['time_vs_flameclip']:>10.2f}x "
+              f"{(f'{mem_mib:.0f}' if mem_mib is not None else '-'):>9} {vs_flame[side]:>10.2f}x "
               f"{(f'{mem_ratio:.2f}x' if mem_ratio is not None else '-'):>10}")
+    print(f"(step ms, images/s: median of all timed steps of the side. time/flame: median of per-step "
+          f"ratios over {len(cycles)} back-to-back cycles; open_clip: median of {len(per_round)} per-round ratios.")
     mem_kind = next((m["kind"] for m in memory.values() if m), None)
     if mem_kind:
-        print(f"(peak MiB: {mem_kind}, {args.mem_steps} steps, one fresh process per side; "
-              f"flame-head is not a training side and has none)")
+        print(f" peak MiB: {mem_kind} over build + {args.mem_steps} steps, one fresh process per side; "
+              f"flame-head is not a training side.)")
+    else:
+        print(" memory not measured.)")
 
     # flameclip against open_clip
-    speedup = med["open_clip"] / flame
-    round_speedups = [pr["open_clip"] / pr["flameclip"] for pr in per_round]
+    speedup = vs_flame["open_clip"]
     print()
-    print(f"flameclip vs open_clip: {args.batch_size / flame * 1000:.1f} vs "
-          f"{args.batch_size / med['open_clip'] * 1000:.1f} images/s = {speedup:.2f}x the throughput "
-          f"(per round {min(round_speedups):.2f}x to {max(round_speedups):.2f}x)")
+    print(f"flameclip vs open_clip: {speedup:.2f}x the images/s of open_clip "
+          f"(per round {min(round_openclip):.2f}x to {max(round_openclip):.2f}x)")
 
     # flameclip against the bare timm loop, and where the difference goes
-    bare = med["bare-timm"]
-    overhead = flame / bare - 1
-    projector = (flame - med["flameclip-noproj"]) / bare
-    loop = (med["flameclip-noproj"] - bare) / bare
-    head = med["flame-head"] / bare
+    overhead = paired("flameclip", "bare-timm") - 1
+    projector = paired_diff("flameclip", "flameclip-noproj", "bare-timm")
+    loop = paired_diff("flameclip-noproj", "bare-timm", "bare-timm")
+    head = paired("flame-head", "bare-timm")
     round_overheads = [pr["flameclip"] / pr["bare-timm"] - 1 for pr in per_round]
+    of_medians = med["flameclip"] / med["bare-timm"] - 1
     met = overhead * 100 <= args.target
-    paired = statistics.median(pairs) - 1
-    print(f"flameclip over the bare timm loop: {100 * overhead:+.1f}% "
-          f"(per round {100 * min(round_overheads):+.1f}% to {100 * max(round_overheads):+.1f}%; "
-          f"median of {len(pairs)} back-to-back step pairs {100 * paired:+.1f}%)")
+    print(f"flameclip over the bare timm loop: {100 * overhead:+.1f}% (median of {len(cycles)} step pairs; "
+          f"per round {100 * min(round_overheads):+.1f}% to {100 * max(round_overheads):+.1f}%; "
+          f"ratio of overall medians {100 * of_medians:+.1f}%)")
+    print("  split (medians of per-cycle differences, so the parts need not add up to the total):")
     print(f"  projector MLP (flameclip - flameclip-noproj):          {100 * projector:+.1f}% of the bare step")
     print(f"  pooling + loss + loop (flameclip-noproj - bare-timm):  {100 * loop:+.1f}% of the bare step")
-    print(f"  cross-check, projector+pool+loss+AdamW alone (flame-head): {100 * head:.1f}% of the bare step")
+    print(f"  cross-check, projector + pool + loss + AdamW alone (flame-head): {100 * head:.1f}% of the bare step")
     # Noise-free context: the projector's multiply-adds per token against the ViT's (qkv, proj and
     # MLP matmuls plus the two attention products), the same for forward and backward.
     n_tok = (args.image_size // args.patch_size) ** 2 + 1
@@ -503,8 +539,7 @@ def main(argv=None) -> int:
         print(f"  within noise: the per-round overheads straddle {args.target:.0f}%")
     if not met:
         share = "the projector MLP (method compute)" if projector >= loop else "pooling, loss and loop bookkeeping"
-        print(f"  most of the overhead is {share}; a difference of medians this small is only as good as "
-              f"the per-round spread above")
+        print(f"  most of the overhead is {share}")
 
     if args.json:
         result = {
@@ -515,20 +550,21 @@ def main(argv=None) -> int:
             "sides": rows,
             "memory": memory,
             "per_round_median_ms": [{s: 1000 * t for s, t in pr.items()} for pr in per_round],
+            "cycles_ms": [{s: 1000 * t for s, t in c.items()} for c in cycles],
             "flameclip_vs_openclip_throughput": speedup,
             "overhead_vs_bare": overhead,
-            "overhead_vs_bare_paired": paired,
+            "overhead_vs_bare_ratio_of_medians": of_medians,
             "overhead_projector": projector,
             "overhead_pool_loss_loop": loop,
             "flame_head_vs_bare": head,
             "projector_flops_vs_vit": proj_macs / vit_macs,
+            "target_percent": args.target,
             "target_met": met,
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

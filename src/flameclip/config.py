@@ -43,7 +43,7 @@ class TrainConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.0  # 0: off
-    precision: str = "bf16"  # bf16 (autocast) | fp32
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 (autocast) | fp32
     workers: int = -1  # data loader workers (-1: a sensible default for this machine)
     seed: int = 0
     device: str = "auto"
