@@ -3,10 +3,10 @@
 setup:
 	bash scripts/setup.sh
 
-# The main job on the embedded default: embed the shipped captions with the packaged LLM.
+# The main job on the embedded default: build the emoji data, embed its captions with the packaged
+# LLM, train FLAME and the CLIP baseline the same way, evaluate both and write runs/demo/report.
 demo: setup
-	.venv/bin/flameclip embed --captions examples/captions.jsonl --out runs/demo-store \
-		--llm smollm2-135m --prompts raw=single short=short3 long=long7
+	.venv/bin/flameclip demo --out runs/demo
 
 test: setup
 	bash scripts/test.sh
