@@ -219,3 +219,21 @@ def test_grad_accumulation_and_bf16_autocast(data, tmp_path):
     init = initial_weights(res.checkpoint)
     trained = FlameModel.from_pretrained(res.checkpoint).state_dict()
     assert any(not torch.allclose(init[k], trained[k]) for k in init)
+
+
+def test_text_centring_uses_the_store_mean_and_is_saved(data, tmp_path):
+    import numpy as np
+
+    from flameclip.store import EmbeddingStore
+
+    res = train(cfg_for(data, tmp_path / "c", "max_steps=1", "save_every=100", "model.text_center=true"),
+                progress=False)
+    store = EmbeddingStore(data["store"])
+    rows = store.get_many(list(store.ids()))
+    want = torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0))
+    m = FlameModel.from_pretrained(res.checkpoint)
+    assert torch.allclose(m.text_mean, want, atol=1e-4)
+    # encode_text subtracts it before normalising.
+    x = torch.from_numpy(np.ascontiguousarray(rows[:2, 0]))
+    expected = torch.nn.functional.normalize(x - want, dim=-1)
+    assert torch.allclose(m.encode_text(x), expected, atol=1e-4)

@@ -275,7 +275,12 @@ def readout_for(flame) -> Readout:
 def _patch_tokens(flame, image) -> torch.Tensor:
     """Projected patch tokens [N, D] of one PIL image, preprocessed as at evaluation."""
     pixels = flame.preprocess(image.convert("RGB"))[None].to(flame.device)
-    return flame.model.image_tokens(pixels)[0].float().cpu()
+    tokens = flame.model.image_tokens(pixels)[0].float().cpu()
+    if getattr(flame.cfg, "text_center", False):
+        # The tokens were trained against centred text states: add the mean back to read them
+        # as the LLM's own hidden states.
+        tokens = tokens + flame.model.text_mean.float().cpu()
+    return tokens
 
 
 def pool_tokens(tokens: torch.Tensor, window: int) -> torch.Tensor:

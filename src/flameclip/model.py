@@ -52,6 +52,10 @@ class ModelConfig:
     init_logit_bias: float = -10.0
     max_logit_scale: float = 100.0
     grad_checkpointing: bool = False
+    # Subtract the mean stored text embedding (of the training store) before normalising. LLM
+    # states share a few huge activations (SmolLM2: one dimension holds most of the norm), so all
+    # captions start with a cosine near 0.9; centring removes that common part. Off in the reference.
+    text_center: bool = False
     # name + fingerprint of the LLM that made the text embeddings; the LLM itself is never stored
     llm: dict = field(default_factory=dict)
 
@@ -124,6 +128,9 @@ class FlameModel(nn.Module):
         if cfg.text_tower == "llm":
             if cfg.embed_dim is not None:
                 self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
+            if cfg.text_center:
+                # Set once from the store before training (see train.py), saved with the weights.
+                self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
         else:
             # Imported here: open_clip is only needed by the baseline, and is slow to import.
             from .baselines.clip_text import ClipTextTower
@@ -168,6 +175,8 @@ class FlameModel(nn.Module):
                 )
             # Stored embeddings may be fp16; normalise in the model's precision.
             x = text.to(self.log_logit_scale.dtype)
+            if self.cfg.text_center:
+                x = x - self.text_mean
             if self.text_proj is not None:
                 x = self.text_proj(x)
         else:

@@ -79,6 +79,16 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
+def store_mean(store, seed: int = 0, max_samples: int = 4096) -> torch.Tensor:
+    """Mean of all stored rows over (a seeded sample of at most ``max_samples``) store samples."""
+    ids = list(store.ids())
+    if len(ids) > max_samples:
+        g = torch.Generator().manual_seed(seed)
+        ids = [ids[i] for i in sorted(torch.randperm(len(ids), generator=g)[:max_samples].tolist())]
+    rows = store.get_many(ids)
+    return torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0))
+
+
 def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with no weight decay on gains, biases, embeddings and the logit parameters."""
     no_decay = model.no_weight_decay_names()
@@ -315,6 +325,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         total = min(total, cfg.max_steps)
 
     model = FlameModel(cfg.model).to(device)
+    if cfg.model.text_tower == "llm" and cfg.model.text_center:
+        model.text_mean.copy_(store_mean(train_ds.text.store, seed=cfg.seed).to(device))
     opt = build_optimizer(model, cfg)
     start_step, skipped = 0, set()
     ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
