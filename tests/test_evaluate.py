@@ -182,3 +182,20 @@ def test_flame_checkpoint_refuses_another_llm(world):
     m.cfg.llm = dict(m.cfg.llm, weights_sha256="0" * 64)
     with pytest.raises(ValueError, match="not the one this checkpoint was trained with"):
         m.encode_text(["a never seen text"], mode="single")
+
+
+def test_api_numbers_equal_the_evaluation_suites(world):
+    from PIL import Image
+
+    m = load(world["flame"], device="cpu", text_cache=world["cache"])
+    ds = load_retrieval("r", str(world["root"] / "retrieval.jsonl"))
+    ev = Evaluator(m, batch_size=5)
+    suite_images = ev.image_features(ds.images)
+    api_images = m.encode_image([Image.open(p) for p in ds.images])
+    assert torch.allclose(suite_images, api_images, atol=1e-6)
+    # The suite's retrieval numbers follow from the API's embeddings.
+    from flameclip.evaluate.metrics import retrieval_metrics
+
+    api = retrieval_metrics(api_images, m.encode_text(ds.texts, mode="short3"), torch.tensor(ds.text_to_image))
+    suite = ev.run(TaskSpec("retrieval", "r", str(world["root"] / "retrieval.jsonl"), mode="short3"))["metrics"]
+    assert api == pytest.approx(suite, abs=1e-9)
