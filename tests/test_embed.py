@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,8 @@ from flameclip.data.captions import CaptionsFileError, read_captions
 from flameclip.embed import EmbedConfig, EmbedError, run_embed
 from flameclip.store import EmbeddingStore
 from flameclip.text.facets import FacetEncoder
+
+from .subprocess_kill import kill_when_exists
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["raw=single", "long=long7"]
@@ -71,12 +71,7 @@ def test_store_holds_the_encoder_output(reference_store, captions, smollm2):
 def test_resume_after_sigkill_equals_uninterrupted_run(reference_store, captions, tmp_path):
     out = tmp_path / "store"
     proc = subprocess.Popen(_cmd(captions, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = out / "shards" / "000000.npy"
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when_exists(proc, out / "shards" / "000000.npy")
     written = sorted(p.name for p in (out / "shards").glob("*.npy"))
     assert 1 <= len(written) < 5, "the run must be killed part-way for this test to mean anything"
     assert not (out / "index").exists()

@@ -192,7 +192,7 @@ def torchrun_results(tmp_path_factory):
            str(ROOT / "tests" / "dist_loss_worker.py"), str(out)]
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
-    return {name: torch.load(out / f"{name}.pt") for name in LOSS_NAMES}
+    return {name: torch.load(out / f"{name}.pt", weights_only=True) for name in LOSS_NAMES}
 
 
 @pytest.mark.slow

@@ -2,10 +2,8 @@
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from flameclip.model import FlameModel
 from flameclip.train import train
 
 from .shapes_data import make_shapes
+from .subprocess_kill import kill_when_exists
 
 TINY = ["model.image_size=32", "model.patch_size=8", "model.vision_width=32", "model.vision_depth=2",
         "model.vision_heads=2", "workers=0", "precision=fp32", "warmup_steps=2", "log_every=1"]
@@ -99,11 +98,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
     cut = tmp_path / "cut"
     p = _run_cli(_overrides(data, cut, *common))
     ckpt = cut / "checkpoints" / "step-0000004"
-    deadline = time.time() + 600
-    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when_exists(p, ckpt)
     assert ckpt.exists() and not (cut / "checkpoints" / "step-0000015").exists(), "the kill must land mid-run"
 
     p = _run_cli(_overrides(data, cut, *common, "resume=latest"))

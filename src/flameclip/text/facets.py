@@ -275,6 +275,10 @@ class FacetEncoder:
         self.max_tokens = min(max_tokens or llm.max_positions, llm.max_positions)
         self.stats = EncodeStats()
 
+    def _tokens_run(self, items: list[TokenizedCaption]) -> int:
+        """Tokens this route puts through the model (padding excluded)."""
+        return sum(it.separate_tokens if self.route == "separate" else it.fda_length for it in items)
+
     def tokenize(self, captions: list[str], prompt_set: PromptSet, start_index: int = 0) -> list[TokenizedCaption]:
         return [
             tokenize_caption(self.llm.tokenizer, prompt_set, c, self.max_tokens, index=start_index + i)
@@ -298,10 +302,10 @@ class FacetEncoder:
             out[idx] = run(self.llm, batch).cpu()
             bar.update(len(idx))
             if on_batch is not None:
-                on_batch(len(idx), sum(it.fda_length if self.route != "separate" else it.separate_tokens for it in batch))
+                on_batch(len(idx), self._tokens_run(batch))
         bar.close()
         self.stats.captions += len(items)
-        self.stats.tokens += sum(it.fda_length if self.route != "separate" else it.separate_tokens for it in items)
+        self.stats.tokens += self._tokens_run(items)
         for i, it in enumerate(items):
             if it.truncated:
                 self.stats.truncated += 1

@@ -145,13 +145,12 @@ class LLMSource:
 
 
 def _hf_folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and "tokenizer" not in p.name)
-    for p in files:
-        if p.suffix == ".safetensors":
-            digest.update(p.name.encode() + sha256_file(p).encode())
-    if digest.digest() == hashlib.sha256().digest():
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
         raise LLMNotFoundError(f"{folder} has no .safetensors weights; only safetensors folders are loaded")
+    digest = hashlib.sha256()
+    for p in weights:
+        digest.update(p.name.encode() + sha256_file(p).encode())
     return digest.hexdigest()
 
 
