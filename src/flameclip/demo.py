@@ -81,7 +81,8 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
     paths = build_demo_data(out / "data", scale=data_scale, seed=seed, progress=progress, **extra)
     t = lap("data", t0)
 
-    store = out / f"store-{llm}"
+    # A packaged name, or the file/folder name of an LLM given by path (never a path inside out/).
+    store = out / f"store-{Path(llm).stem if ('/' in llm or llm.endswith('.gguf')) else llm}"
     run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm,
                           prompts={"raw": "single", "short": "short3", "long": "long7"},
                           compute_dtype="fp32", shard_size=256), progress=progress)
@@ -115,7 +116,8 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
             spec.templates = ["{c}", "an emoji of a {c}.", "a picture of a {c}."]
     results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
     for label, ckpt in runs.items():
-        m = load(ckpt, device="cpu", text_cache=out / "text-cache")
+        # On the GPU when there is one: the LLM encodes every query caption, far faster there.
+        m = load(ckpt, text_cache=out / "text-cache")
         results["checkpoints"].append({"label": label, "path": str(ckpt), "text_tower": m.cfg.text_tower,
                                        "llm": (m.cfg.llm or {}).get("llm")})
         ev = Evaluator(m)

@@ -64,6 +64,10 @@ def init_distributed(device: str) -> tuple[Dist, torch.device]:
         device = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device '{device}' was asked for, but this machine has no CUDA device: use device=cpu or auto")
+        if dev.index is None:  # "cuda" means this process's GPU under torchrun
+            dev = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(dev)
     if d.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")

@@ -1,0 +1,46 @@
+"""A random-weights copy of a real LLM: its architecture and tokenizer, none of its weights.
+
+The GPU checks and the GPU speed benchmarks need a full-size model of a real architecture, and the
+weights do not change either the exactness of facet-decoupled attention or the speed. So a folder
+with the real config.json and tokenizer files is enough to build one where the packaged weights are
+not installed:
+
+    python tests/random_llm.py SRC_FOLDER OUT_FOLDER [--seed 0]
+
+SRC_FOLDER is any Hugging Face folder with config.json and tokenizer files (for example the
+converted folder of a packaged LLM under $FLAMECLIP_CACHE/hf); OUT_FOLDER is loadable with
+``flameclip.text.llm.load_llm(OUT_FOLDER)`` and ``flameclip embed --llm OUT_FOLDER``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def make_random_llm(src: str | Path, out: str | Path, seed: int = 0) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    if (out / "model.safetensors").exists():
+        return out
+    config = AutoConfig.from_pretrained(str(src), local_files_only=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    AutoTokenizer.from_pretrained(str(src), local_files_only=True).save_pretrained(str(out))
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("src")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    print(make_random_llm(a.src, a.out, a.seed))
+    sys.exit(0)
