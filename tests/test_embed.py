@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from flameclip.data.captions import CaptionsFileError, read_captions
 from flameclip.embed import EmbedConfig, EmbedError, run_embed
@@ -164,3 +165,39 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                        timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_causal_route_is_recorded_and_exact_routes_are_not(tmp_path):
+    from flameclip.store import EmbeddingStore
+
+    caps = tmp_path / "c.jsonl"
+    caps.write_text('{"id": "a", "caption": "A red cup on a table."}\n{"id": "b", "caption": "Two dogs."}\n')
+    fps = {}
+    for route in ("fda", "separate", "causal"):
+        run_embed(EmbedConfig(captions=str(caps), out=str(tmp_path / route), prompts={"caption": "short3"},
+                              route=route), progress=False)
+        fps[route] = EmbeddingStore(tmp_path / route).fingerprint
+    assert fps["fda"] == fps["separate"] and "route" not in fps["fda"]
+    assert fps["causal"]["route"] == "causal"
+
+
+def test_a_checkpoint_from_a_causal_store_encodes_queries_the_same_way(tmp_path):
+    # Queries must go through the route the training texts went through, and never share cached
+    # embeddings with the exact routes.
+    from flameclip.inference import load
+    from flameclip.model import FlameModel, ModelConfig
+    from flameclip.text.llm import resolve
+
+    rec = {"llm": "smollm2-135m", "weights_sha256": resolve("smollm2-135m").weights_sha256, "layer": 29,
+           "hidden_size": 576}
+    cache = tmp_path / "cache"
+    states = {}
+    for name, extra in (("exact", {}), ("causal", {"route": "causal"})):
+        cfg = ModelConfig(vision="custom", image_size=32, patch_size=8, vision_width=32, vision_depth=1,
+                          vision_heads=2, text_dim=576, llm={**rec, **extra})
+        FlameModel(cfg).save_pretrained(str(tmp_path / name))
+        m = load(tmp_path / name, device="cpu", text_cache=cache)
+        states[name] = m.llm_states(["A red cup on a table."], mode="short3")[0]
+        assert m._facet_encoder().route == ("causal" if extra else "fda")
+    assert torch.allclose(states["exact"][0], states["causal"][0], atol=1e-4)  # facet 1 sees the same
+    assert not torch.allclose(states["exact"][1], states["causal"][1], atol=1e-2)

@@ -170,3 +170,13 @@ def test_empty_caption_is_an_error_naming_the_sample(smollm2):
     enc = FacetEncoder(smollm2)
     with pytest.raises(CaptionError, match="caption 1 is empty"):
         enc.encode(["fine", "   "], "single")
+
+
+def test_causal_ablation_route_is_not_decoupled(smollm2):
+    # Without the decoupled mask facet 1 still sees only the shared part (it is first), but every
+    # later facet also sees the prompts before it: it must differ from its separate pass.
+    ref = reference(smollm2, CAPTIONS, "long7")
+    got = FacetEncoder(smollm2, route="causal", batch_size=2).encode(CAPTIONS, "long7")
+    assert relative_error(got[:, 0], ref[:, 0]) < TOL
+    for k in range(1, ref.shape[1]):
+        assert relative_error(got[:, k], ref[:, k]) > 1e-2, k

@@ -33,7 +33,8 @@ def _add_embed(sub):
     p.add_argument("--layer", type=int, default=-2, help="hidden_states index to read (default -2: second-to-last layer)")
     p.add_argument("--compute-dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--dtype", dest="store_dtype", default="fp16", choices=["fp16", "int8", "fp32"], help="storage dtype")
-    p.add_argument("--route", default="auto", choices=["auto", "fda", "kv", "separate"])
+    p.add_argument("--route", default="auto", choices=["auto", "fda", "kv", "separate", "causal"],
+                   help="auto: the measured-fastest exact route; causal: the no-decoupling ablation (not exact)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=None, help="longest facet sequence; longer captions are truncated")
     p.add_argument("--shard-size", type=int, default=4096)

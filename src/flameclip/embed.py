@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .data.captions import read_captions
 from .store import StoreWriter
-from .text.facets import CaptionError, FacetEncoder
+from .text.facets import EXACT_ROUTES, CaptionError, FacetEncoder
 from .text.llm import load_llm
 from .text.prompts import clean_caption, load_prompt_set
 
@@ -117,6 +117,9 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
         "max_tokens": encoder.max_tokens,
         "prompt_sets": {c: {"name": ps.name, "sha": ps.fingerprint(), "k": ps.k} for c, ps in prompt_sets.items()},
     }
+    if encoder.route not in EXACT_ROUTES:
+        # The exact routes give the same numbers, so they share stores; the ablation's does not.
+        fingerprint["route"] = encoder.route
     store_columns = [{"name": c, "k": prompt_sets[c].k, "prompt_set": prompt_sets[c].to_dict()} for c in columns]
     writer = StoreWriter(
         cfg.out,

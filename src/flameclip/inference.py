@@ -125,8 +125,11 @@ class FlameCLIP:
     # ------------------------------------------------------------------ text
     def llm_fingerprint(self) -> dict:
         rec = dict(self.cfg.llm or {})
-        return {"llm": rec.get("llm", self._llm_name), "weights_sha256": rec.get("weights_sha256"),
-                "layer": rec.get("layer"), "compute_dtype": self._llm_dtype}
+        fp = {"llm": rec.get("llm", self._llm_name), "weights_sha256": rec.get("weights_sha256"),
+              "layer": rec.get("layer"), "compute_dtype": self._llm_dtype}
+        if rec.get("route"):  # only inexact routes are recorded (see embed.py)
+            fp["route"] = rec["route"]
+        return fp
 
     def _facet_encoder(self):
         """Load the LLM on first use and check it is the one the checkpoint was trained with."""
@@ -142,7 +145,7 @@ class FlameCLIP:
                     f"LLM '{self._llm_name}' is not the one this checkpoint was trained with "
                     f"(weights {llm.source.weights_sha256[:12]}... vs {want['weights_sha256'][:12]}...)"
                 )
-            self._encoder = FacetEncoder(llm)
+            self._encoder = FacetEncoder(llm, route=want.get("route") or "auto")
         return self._encoder
 
     def llm_states(self, texts: list[str], mode: str = "single", progress: bool = False) -> torch.Tensor:

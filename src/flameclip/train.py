@@ -320,6 +320,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if cfg.model.text_dim != store.dim:
             cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
         cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size")}
+        if "route" in store.fingerprint:  # an inexact (ablation) route: queries must be encoded the same way
+            cfg.model.llm["route"] = store.fingerprint["route"]
     steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_ds)} samples are fewer than one global batch "

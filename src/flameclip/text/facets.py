@@ -14,6 +14,13 @@ differ only in a short tail (the facet prompt). Three routes compute the same nu
 ``separate``
     K ordinary forward passes over the full facet texts (the reference the other two must equal).
 
+A fourth route exists for the ablation only and is NOT equal to the others:
+
+``causal``
+    The same packed sequence with a plain causal mask and position ids running on, as a naive
+    packing would do: facet k also sees facets 1..k-1. Only facet 1 equals its separate pass.
+    A store embedded this way records ``route: causal`` in its fingerprint.
+
 Exactness rules kept by both packed routes:
 * the shared part is the longest common *token* prefix of the K tokenised facets, so no
   tokenizer merge across the prefix/prompt boundary can make the routes disagree;
@@ -34,7 +41,8 @@ from tqdm.auto import tqdm
 from .llm import FrozenLLM
 from .prompts import PromptSet, clean_caption, load_prompt_set
 
-ROUTES = ("fda", "kv", "separate")
+EXACT_ROUTES = ("fda", "kv", "separate")
+ROUTES = (*EXACT_ROUTES, "causal")
 # Which route is fastest, per device type, as measured by benchmarks/bench_fda.py (BENCHMARKS.md).
 DEFAULT_ROUTE = {"cpu": "fda", "cuda": "fda"}
 
@@ -243,7 +251,22 @@ def _run_separate(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor
     return torch.stack(outs, dim=1)
 
 
-_RUNNERS = {"fda": _run_fda, "kv": _run_kv, "separate": _run_separate}
+@torch.inference_mode()
+def _run_causal(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor:
+    """The packed sequence without decoupling: every token sees all earlier real tokens."""
+    dev = llm.device
+    b = pack_fda(items, llm.tokenizer.pad_token_id)
+    seg = b.segment.to(dev)
+    real = seg >= 0
+    pos = torch.arange(seg.shape[1], device=dev).expand_as(seg) * real  # 0..L-1 on real tokens
+    one = torch.where(real, torch.zeros_like(seg), seg)  # one segment: nothing is decoupled
+    mask = _build_masks(llm, pos, one, pos, one, torch.arange(seg.shape[1], device=dev))
+    h = llm.model(input_ids=b.input_ids.to(dev), position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
+    rows = torch.arange(len(items), device=dev)[:, None]
+    return h[rows, b.read_index.to(dev)].float()
+
+
+_RUNNERS = {"fda": _run_fda, "kv": _run_kv, "separate": _run_separate, "causal": _run_causal}
 
 
 @dataclass
@@ -260,7 +283,8 @@ class FacetEncoder:
     Args:
         llm: the frozen, truncated LLM (see ``load_llm``).
         route: ``fda`` (one packed pass), ``kv`` (shared-prefix KV cache), ``separate`` (K passes)
-            or ``auto`` (the measured-fastest for the device).
+            or ``auto`` (the measured-fastest for the device); ``causal`` (packed without the
+            decoupled mask, not exact) is for the ablation.
         max_tokens: the longest facet sequence allowed; longer captions are truncated inside the
             caption. Defaults to the model's context length.
         batch_size: captions per forward pass.
