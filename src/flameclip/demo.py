@@ -54,6 +54,21 @@ def _common(s: DemoSizes, out: Path, workers: int, precision: str) -> list[str]:
     ]
 
 
+def data_kwargs(scale: str) -> dict:
+    """What ``build_demo_data`` is given at a demo scale (tiny: a few samples of every set)."""
+    sizes = SIZES[scale]
+    kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "image_size": sizes.image_size}
+    if scale == "tiny":
+        kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,
+                  fashion_train=40, fashion_test=20)
+    return kw
+
+
+def store_dir(out: Path, llm: str) -> Path:
+    """The demo's store folder: named after a packaged LLM, or the file/folder name of a path."""
+    return Path(out) / f"store-{Path(llm).stem if ('/' in llm or llm.endswith('.gguf')) else llm}"
+
+
 def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: str = "cpu", seed: int = 0,
              workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
     from .data.demo.build import build_demo_data
@@ -74,15 +89,10 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
         print(f"[demo] {name}: {timings[name]:.0f} s", flush=True)
         return now
 
-    data_scale = "gpu" if scale == "gpu" else "cpu"
-    extra = {"n_train": sizes.n_train, "image_size": sizes.image_size}
-    if scale == "tiny":
-        extra.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4)
-    paths = build_demo_data(out / "data", scale=data_scale, seed=seed, progress=progress, **extra)
+    paths = build_demo_data(out / "data", seed=seed, progress=progress, **data_kwargs(scale))
     t = lap("data", t0)
 
-    # A packaged name, or the file/folder name of an LLM given by path (never a path inside out/).
-    store = out / f"store-{Path(llm).stem if ('/' in llm or llm.endswith('.gguf')) else llm}"
+    store = store_dir(out, llm)
     run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm,
                           prompts={"raw": "single", "short": "short3", "long": "long7"},
                           compute_dtype="fp32", shard_size=256), progress=progress)

@@ -10,8 +10,12 @@ writes, under the root::
     eval/short_retrieval.jsonl  short captions
     eval/zeroshot/<class>/*.png one glyph alone, one folder per English name (spaces as "_")
     eval/multilingual.jsonl     one glyph alone, captioned by its name in up to 14 languages
-    eval/suite.toml             the evaluation suite over the four sets
+    eval/suite.toml             the evaluation suite over the four sets (and Fashion-MNIST, below)
     DONE.json                   the parameters: a second call with the same ones returns at once
+    fashion-mnist/              when the Debian package dataset-fashion-mnist is installed: a
+                                class-balanced subset (flameclip.data.fashion_mnist) for a zero-shot
+                                and a linear-probe task, added to the suite; without it they are left
+                                out with a one-line note
 
 Every image comes from its own seed (the build seed, the split and the index), and an image whose
 pixels equal an image already written is redrawn, so the evaluation images are disjoint from the
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -31,19 +36,29 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import fashion_mnist as FM
 from . import glyphs as G
 from .scenes import captions, long_caption, render_scene, sample_hard_negative_group, sample_scene, short_caption
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
 BUILD_VERSION = 1
 
-# cpu: builds in well under a minute on 2 cores; gpu: ten times larger.
+# cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
+# the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
     "cpu": dict(image_size=64, vocab_size=100, n_train=2000, long_groups=50, group_size=4, n_short=200,
-                n_classes=50, per_class=4, n_multilingual=50),
+                n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
     "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, long_groups=500, group_size=4, n_short=2000,
-                n_classes=500, per_class=4, n_multilingual=500),
+                n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
+
+# Sizes of the Fashion-MNIST subset: kept out of the emoji build's DONE.json, so that installing
+# the package or changing its sizes rebuilds only that subset, never the emoji scenes.
+FASHION_SIZES = ("fashion_train", "fashion_test")
+
+# Zero-shot templates for Fashion-MNIST, given explicitly: the demo replaces only template lists
+# that are unset, with emoji templates. The images are grey photos of single garments.
+FASHION_TEMPLATES = ["{c}", "a photo of a {c}.", "a black and white photo of a {c}."]
 
 # Part of every image's seed, so that the splits never share a random stream.
 SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI = range(5)
@@ -87,6 +102,7 @@ def _paths(root: Path) -> dict[str, Path]:
         "multilingual": root / "eval" / "multilingual.jsonl",
         "suite": root / "eval" / "suite.toml",
         "done": root / "DONE.json",
+        "fashion_mnist": root / "fashion-mnist",  # exists only when the package was found
     }
 
 
@@ -146,6 +162,8 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise ValueError("n_classes and n_multilingual are drawn from the vocabulary: keep them <= vocab_size")
     if params["group_size"] < 2:
         raise ValueError("a hard-negative group needs group_size >= 2")
+    if params["fashion_train"] < 0 or params["fashion_test"] < 0:
+        raise ValueError("fashion_train and fashion_test must be >= 0 (0 leaves the Fashion-MNIST tasks out)")
     # The font and the emoji package fix the pixels and names: another version means another build.
     params["glyphs"] = G.cache_key()
     params["build_version"] = BUILD_VERSION
@@ -156,26 +174,40 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
                     long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
-                    n_multilingual: int | None = None) -> dict[str, Path]:
+                    n_multilingual: int | None = None, fashion_train: int | None = None,
+                    fashion_test: int | None = None) -> dict[str, Path]:
     """Write the demo training and evaluation data under ``root`` (once) and return its paths.
 
     ``scale`` picks the sizes (see ``SCALES``); the keyword sizes override single ones (tests
     use tiny ones). If ``root/DONE.json`` records the same parameters, nothing is rebuilt;
-    otherwise ``root/train`` and ``root/eval`` are replaced (nothing else under ``root`` is touched).
+    otherwise ``root/train`` and ``root/eval`` are replaced. When Fashion-MNIST is installed
+    (``flameclip.data.fashion_mnist.find_fashion_mnist``) its subset is built once under
+    ``root/fashion-mnist`` and its two tasks are added to the suite; otherwise one line says they
+    are skipped. Nothing else under ``root`` is touched.
     """
     root = Path(root)
     params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
-                            per_class=per_class, n_multilingual=n_multilingual)
+                            per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
+                            fashion_test=fashion_test)
     paths = _paths(root)
-    done = paths["done"]
-    if done.exists():
-        try:
-            if json.loads(done.read_text(encoding="utf-8")).get("params") == params:
-                return paths
-        except (json.JSONDecodeError, OSError):
-            pass  # unreadable: build again
+    emoji_params = {k: v for k, v in params.items() if k not in FASHION_SIZES}
+    if not _done_matches(paths["done"], emoji_params):
+        _build_emoji(root, paths["done"], emoji_params, progress)
+    # Checked on every call, not recorded in DONE.json: the package may be installed or removed
+    # between runs, and the suite should follow without rebuilding the emoji sets.
+    _write_if_changed(paths["suite"], SUITE_TOML + _fashion_mnist_tasks(paths, params, progress))
+    return paths
 
+
+def _done_matches(done: Path, params: dict) -> bool:
+    try:
+        return json.loads(done.read_text(encoding="utf-8")).get("params") == params
+    except (json.JSONDecodeError, OSError):
+        return False  # missing or unreadable: build again
+
+
+def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
     # Build into a scratch folder and move it into place at the end, so that an interrupted
     # build never leaves a half-written set next to a DONE.json.
     root.mkdir(parents=True, exist_ok=True)
@@ -188,7 +220,49 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
         (scratch / part).rename(root / part)
     shutil.rmtree(scratch)
     done.write_text(json.dumps({"params": params, "counts": counts}, indent=2) + "\n", encoding="utf-8")
-    return paths
+
+
+def _fashion_mnist_tasks(paths: dict[str, Path], params: dict, progress: bool) -> str:
+    """Build the Fashion-MNIST subset when the files are there; its suite tables, or "" without it."""
+    if not (params["fashion_train"] and params["fashion_test"]):
+        return ""  # asked to leave it out
+    source = FM.find_fashion_mnist()
+    if source is None:
+        print(f"note: {FM.not_found_message()}", file=sys.stderr, flush=True)
+        return ""
+    fm = FM.build_fashion_mnist(paths["fashion_mnist"], params["fashion_train"], params["fashion_test"],
+                                params["seed"], source=source, progress=progress)
+    rel = Path(os.path.relpath(fm["root"], paths["suite"].parent)).as_posix()
+    names = json.dumps(FM.CLASSNAMES)  # a JSON array of plain strings is a TOML array
+    return f"""
+# Fashion-MNIST (Debian package dataset-fashion-mnist): zero-shot on {params['fashion_test']} t10k images,
+# a linear probe trained on {params['fashion_train']} train images and tested on the same t10k images.
+[[task]]
+task = "zeroshot"
+name = "fashion-mnist"
+path = "{rel}/test.jsonl"
+classnames = {names}
+templates = {json.dumps(FASHION_TEMPLATES)}
+
+[[task]]
+task = "linear_probe"
+name = "fashion-mnist-probe"
+train = "{rel}/train.jsonl"
+test = "{rel}/test.jsonl"
+classnames = {names}
+"""
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a rename, so a reader never sees half a file."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _build(out: Path, p: dict, progress: bool) -> dict:
@@ -297,10 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         paths = build_demo_data(args.root, args.scale, args.seed)
-    except G.EmojiFontNotFound as e:
+    except (G.EmojiFontNotFound, FM.FashionMNISTError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     counts = json.loads(paths["done"].read_text(encoding="utf-8"))["counts"]
+    fm_done = paths["fashion_mnist"] / "DONE.json"
+    if fm_done.exists():
+        counts["fashion_mnist"] = json.loads(fm_done.read_text(encoding="utf-8"))["counts"]
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "counts": counts,
                       "suite": str(paths["suite"])}, indent=2))
     return 0

@@ -1,0 +1,230 @@
+"""``flameclip ablate``: what each part of FLAME buys, measured on the demo's data.
+
+Run after ``flameclip demo`` (same ``--out``): the ablations reuse its data, its text cache, and its
+FLAME and CLIP runs as reference rows. Each variant embeds what it needs, trains FLAME with the
+demo's sizes and evaluates; everything is resumable (finished variants are skipped).
+
+    facets  long captions only, embedded with 1, 3 or 7 facet prompts (single / short3 / long7);
+            long-caption queries are encoded with the same prompts as training
+    mask    long7 in one packed pass with the decoupled mask (FDA) vs the same packed sequence
+            with a plain causal mask (route ``causal``: later facets see the earlier prompts)
+    layer   the LLM layer read: the demo's (second to last) vs the middle layer
+    data    FLAME on 25% of the training images vs FLAME and CLIP on 100%. The 25% run gets the
+            same number of optimiser steps (4x the epochs), so data, not compute, is what differs
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GROUPS = ("facets", "mask", "layer", "data")
+FACET_SETS = {1: "single", 3: "short3", 7: "long7"}
+DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
+
+
+@dataclass
+class Variant:
+    group: str
+    label: str
+    prompts: dict[str, str] | None = None  # columns -> prompt set for a new store; None: the demo's store
+    route: str = "auto"
+    layer: int = -2
+    positives: int = 6
+    data_fraction: float = 1.0
+    long_mode: str = "long7"  # prompt set for the long-caption queries
+    tasks: tuple[str, ...] = ()  # suite task names to run; empty: all
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return "".join(ch if ch.isalnum() else "-" for ch in f"{self.group}-{self.label}").strip("-").lower()
+
+
+def middle_layer(llm: str) -> int:
+    """The middle decoder layer of an LLM, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    from .text.llm import _convert_gguf, resolve
+
+    src = resolve(llm)
+    folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+    return AutoConfig.from_pretrained(str(folder), local_files_only=True).num_hidden_layers // 2
+
+
+def variants(groups: list[str], llm: str) -> list[Variant]:
+    quick = ("emoji-glyphs", "scenes-long")  # the tasks the text-side ablations are about
+    out = []
+    if "facets" in groups:
+        for k, ps in FACET_SETS.items():
+            out.append(Variant("facets", f"K={k}", prompts={"long": ps}, positives=min(k, 6), long_mode=ps,
+                               tasks=quick))
+    if "mask" in groups:
+        out.append(Variant("mask", "FDA", prompts={"long": "long7"}, tasks=quick))
+        out.append(Variant("mask", "no decoupling", prompts={"long": "long7"}, route="causal", tasks=quick))
+    if "layer" in groups:
+        mid = middle_layer(llm)
+        out.append(Variant("layer", f"layer {mid}", prompts=dict(DEMO_PROMPTS), layer=mid))
+    if "data" in groups:
+        out.append(Variant("data", "FLAME 25%", data_fraction=0.25))
+    return out
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
+
+
+def _subset_manifest(manifest: Path, fraction: float, out: Path, seed: int) -> Path:
+    """A seeded sample of a JSONL manifest's records (written once), image paths made absolute
+    since the sample lives in another folder."""
+    if out.exists():
+        return out
+    records = [json.loads(ln) for ln in manifest.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    keep = sorted(random.Random(seed).sample(range(len(records)), max(1, round(fraction * len(records)))))
+    for i in keep:
+        records[i]["image"] = str((manifest.parent / records[i]["image"]).resolve())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(records[i]) + "\n" for i in keep), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = None, seed: int = 0,
+                  workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
+    from .config import load_config
+    from .data.demo.build import build_demo_data
+    from .demo import SIZES, _common, data_kwargs, store_dir
+    from .embed import EmbedConfig, run_embed
+    from .evaluate.report import console_table, write_report
+    from .evaluate.tasks import Evaluator, load_suite
+    from .inference import load
+    from .train import find_checkpoint, train
+
+    base = Path(base)
+    demo_results = base / "report" / "results.json"
+    if not demo_results.exists():
+        raise FileNotFoundError(f"{base} holds no finished demo (no report/results.json): "
+                                f"run `flameclip demo --out {base}` first")
+    reference = json.loads(demo_results.read_text())
+    demo = reference["demo"]
+    llm, scale = demo["llm"], demo["scale"]
+    sizes = SIZES[scale]
+    paths = build_demo_data(base / "data", seed=seed, progress=False, **data_kwargs(scale))
+    specs = load_suite(paths["suite"])
+    for spec in specs:
+        if spec.task == "zeroshot" and spec.templates is None:
+            spec.templates = ["{c}", "an emoji of a {c}.", "a picture of a {c}."]  # as the demo
+    root = base / "ablations"
+    groups = list(groups or GROUPS)
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown:
+        raise ValueError(f"unknown ablation group(s) {unknown}: choose from {', '.join(GROUPS)}")
+
+    rows: dict[str, list[tuple[str, str, list[dict]]]] = {g: [] for g in groups}
+    seconds = {}
+    for v in variants(groups, llm):
+        t0 = time.perf_counter()
+        vdir = root / v.key
+        done_file = vdir / "eval.json"
+        if done_file.exists():
+            rows[v.group].append((v.label, str(vdir), json.loads(done_file.read_text())))
+            continue
+        print(f"[ablate] {v.group}: {v.label}", flush=True)
+        store = store_dir(base, llm)
+        if v.prompts is not None:
+            store = vdir / "store"
+            run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm, prompts=v.prompts,
+                                  route=v.route, layer=v.layer, compute_dtype="fp32", shard_size=256),
+                      progress=progress)
+        elif not store.exists():
+            raise FileNotFoundError(f"the demo's store was not found under {base}: run the demo again")
+        manifest = Path(paths["train_manifest"])
+        budget = []
+        if v.data_fraction < 1.0:
+            full = _count_lines(manifest)
+            manifest = _subset_manifest(manifest, v.data_fraction, vdir.parent / f"{v.key}-manifest.jsonl", seed)
+            # The same optimiser steps as the 100% runs: more epochs over fewer images (and a
+            # smaller batch only where the subset is smaller than one batch).
+            steps = sizes.epochs * (full // sizes.batch_size)
+            batch = min(sizes.batch_size, _count_lines(manifest))
+            budget = [f"batch_size={batch}", f"epochs={-(-steps // (_count_lines(manifest) // batch))}",
+                      f"max_steps={steps}"]
+        run_dir = vdir / "train"
+        overrides = [f"train_manifest=\"{manifest}\"", f"store=\"{store}\"", f"positives={v.positives}",
+                     "model.text_center=true", *v.overrides]
+        cfg = load_config(None, overrides + _common(sizes, run_dir, workers, precision) + budget)
+        if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
+            cfg.resume = "latest"
+        ckpt = train(cfg, progress=progress).checkpoint
+        model = load(ckpt, text_cache=base / "text-cache")
+        ev = Evaluator(model)
+        entries = []
+        for spec in specs:
+            if v.tasks and spec.name not in v.tasks:
+                continue
+            if spec.name == "scenes-long":
+                spec = type(spec)(**{**spec.__dict__, "mode": v.long_mode})
+            entry = {"checkpoint": v.label, **ev.run(spec)}
+            if v.group == "facets" and spec.name == "scenes-long":
+                entry["mode"] = "as trained"  # K differs per row on purpose: one table row for all
+            entries.append(entry)
+        vdir.mkdir(parents=True, exist_ok=True)
+        done_file.write_text(json.dumps(entries, indent=2))
+        seconds[v.key] = time.perf_counter() - t0
+        print(f"[ablate] {v.group}: {v.label}: {seconds[v.key]:.0f} s", flush=True)
+        rows[v.group].append((v.label, str(ckpt), entries))
+
+    # The demo's own runs as reference rows, where the group compares against them.
+    demo_rows = {c["label"]: [r for r in reference["results"] if r["checkpoint"] == c["label"]]
+                 for c in reference["checkpoints"]}
+    refs = {"layer": [("FLAME", f"layer {_demo_layer(reference)} (demo)")],
+            "data": [("FLAME", "FLAME 100%"), ("CLIP", "CLIP 100%")]}
+    summary = {}
+    for group in groups:
+        results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
+        for src_label, label in refs.get(group, []):
+            results["checkpoints"].append({"label": label, "path": str(base)})
+            results["results"] += [{**r, "checkpoint": label} for r in demo_rows.get(src_label, [])]
+        for label, path, entries in rows[group]:
+            results["checkpoints"].append({"label": label, "path": path})
+            results["results"] += entries
+        results["ablation"] = {"group": group, "llm": llm, "scale": scale}
+        write_report(results, root / group / "report")
+        print(f"\n== ablation: {group} ==")
+        print(console_table(results))
+        summary[group] = results
+    (root / "ablations.json").write_text(json.dumps({"seconds": seconds, "groups": groups}, indent=2))
+    return summary
+
+
+def _demo_layer(reference: dict) -> str:
+    for c in reference.get("checkpoints", []):
+        if c.get("label") == "FLAME":
+            try:
+                from .model import FlameModel
+
+                return str(FlameModel.from_pretrained(c["path"]).cfg.llm.get("layer"))
+            except (OSError, ValueError, KeyError):
+                break
+    return "-2"
+
+
+def add_parser(sub):
+    p = sub.add_parser("ablate", help="ablations on the demo's data: facets, decoupled mask, LLM layer, data size")
+    p.add_argument("--out", default="runs/demo", help="the folder of a finished `flameclip demo`")
+    p.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    run_ablations(args.out, groups=args.only, seed=args.seed, workers=args.workers, precision=args.precision,
+                  progress=not args.no_progress)
+    return 0
