@@ -160,7 +160,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
             cfg.resume = "latest"
         ckpt = train(cfg, progress=progress).checkpoint
-        model = load(ckpt, text_cache=base / "text-cache")
+        model = load(ckpt, text_cache=base / "text-cache", progress=progress)
         ev = Evaluator(model)
         entries = []
         for spec in specs:

@@ -110,6 +110,7 @@ def _add_eval(sub):
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no bar while the LLM encodes query texts")
     return p
 
 
@@ -136,7 +137,8 @@ def cmd_eval(args) -> int:
         specs = [s for s in specs if s.task in wanted or s.name in wanted]
         if not specs:
             raise ValueError(f"--tasks {args.tasks} matches no task of {args.data}")
-    models = [load(c, device=args.device, text_cache=args.text_cache) for c in args.checkpoint]
+    models = [load(c, device=args.device, text_cache=args.text_cache, progress=not args.no_progress)
+              for c in args.checkpoint]
     labels = _labels(args.checkpoint, args.label, models)
     results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
     for path, label, m in zip(args.checkpoint, labels, models):

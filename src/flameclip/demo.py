@@ -127,7 +127,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
     results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
     for label, ckpt in runs.items():
         # On the GPU when there is one: the LLM encodes every query caption, far faster there.
-        m = load(ckpt, text_cache=out / "text-cache")
+        m = load(ckpt, text_cache=out / "text-cache", progress=progress)
         results["checkpoints"].append({"label": label, "path": str(ckpt), "text_tower": m.cfg.text_tower,
                                        "llm": (m.cfg.llm or {}).get("llm")})
         ev = Evaluator(m)

@@ -100,12 +100,13 @@ class FlameCLIP:
     """A trained checkpoint ready for inference (FLAME or the CLIP baseline)."""
 
     def __init__(self, model: FlameModel, device="cpu", llm: str | None = None, llm_dtype: str = "fp32",
-                 text_cache: str | Path | None = None, batch_size: int = 64):
+                 text_cache: str | Path | None = None, batch_size: int = 64, progress: bool = False):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.cfg = model.cfg
         self.preprocess = eval_transform(self.cfg.image_size)
         self.batch_size = batch_size
+        self.progress = progress  # a bar while the LLM encodes texts not in the cache
         self._llm_name = llm or (self.cfg.llm or {}).get("llm")
         self._llm_dtype = llm_dtype
         self._encoder = None
@@ -153,7 +154,8 @@ class FlameCLIP:
         from .text.prompts import load_prompt_set
 
         ps = load_prompt_set(mode)
-        return self.cache.get_or_compute(self.llm_fingerprint(), ps, list(texts), self._facet_encoder, progress)
+        return self.cache.get_or_compute(self.llm_fingerprint(), ps, list(texts), self._facet_encoder,
+                                         progress or self.progress)
 
     def tokenize(self, texts: list[str], mode: str = "single") -> torch.Tensor:
         """What ``encode_text`` takes: facet-mean LLM states [N, D] (FLAME) or CLIP ids [N, 77]."""
