@@ -214,13 +214,12 @@ def _demo_layer(reference: dict) -> str:
 
 
 def add_parser(sub):
+    from .demo import add_run_options
+
     p = sub.add_parser("ablate", help="ablations on the demo's data: facets, decoupled mask, LLM layer, data size")
     p.add_argument("--out", default="runs/demo", help="the folder of a finished `flameclip demo`")
     p.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=-1)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    p.add_argument("--no-progress", action="store_true")
+    add_run_options(p)
     return p
 
 

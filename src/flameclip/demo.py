@@ -147,11 +147,16 @@ def add_parser(sub):
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--llm", default="smollm2-135m")
     p.add_argument("--scale", default="cpu", choices=sorted(SIZES))
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p) -> None:
+    """The options every demo-data job shares (the demo, the ablations)."""
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=-1)
+    p.add_argument("--workers", type=int, default=-1, help="data-loading workers (-1: a default for this machine)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--no-progress", action="store_true")
-    return p
 
 
 def run(args) -> int:
