@@ -41,7 +41,7 @@ def test_ablations_mask_and_data_on_the_tiny_demo(tiny_demo):
     root = out / "ablations"
     # mask: the same prompts, decoupled or not; only the causal store says so in its fingerprint.
     assert [c["label"] for c in res["mask"]["checkpoints"]] == ["FDA", "no decoupling"]
-    assert "route" not in EmbeddingStore(root / "mask-fda" / "store").fingerprint
+    assert "route" not in EmbeddingStore(root / "facets-k-7" / "store").fingerprint  # the facets K=7 run
     assert EmbeddingStore(root / "mask-no-decoupling" / "store").fingerprint["route"] == "causal"
     # data: 25% of the images, the same optimiser steps as the demo's 100% run, and the demo's
     # FLAME and CLIP as reference rows.

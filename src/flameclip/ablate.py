@@ -38,9 +38,12 @@ class Variant:
     long_mode: str = "long7"  # prompt set for the long-caption queries
     tasks: tuple[str, ...] = ()  # suite task names to run; empty: all
     overrides: list[str] = field(default_factory=list)
+    same_as: str = ""  # the key of an identical variant of another group: its run is reused
 
     @property
     def key(self) -> str:
+        if self.same_as:
+            return self.same_as
         return "".join(ch if ch.isalnum() else "-" for ch in f"{self.group}-{self.label}").strip("-").lower()
 
 
@@ -63,7 +66,8 @@ def variants(groups: list[str], llm: str) -> list[Variant]:
             out.append(Variant("facets", f"K={k}", prompts={"long": ps}, positives=min(k, 6), long_mode=ps,
                                tasks=quick))
     if "mask" in groups:
-        out.append(Variant("mask", "FDA", prompts={"long": "long7"}, tasks=quick))
+        # The facets group's K=7 run is exactly this one (FDA is what "auto" picks): run it once.
+        out.append(Variant("mask", "FDA", prompts={"long": "long7"}, tasks=quick, same_as="facets-k-7"))
         out.append(Variant("mask", "no decoupling", prompts={"long": "long7"}, route="causal", tasks=quick))
     if "layer" in groups:
         mid = middle_layer(llm)
@@ -131,7 +135,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         vdir = root / v.key
         done_file = vdir / "eval.json"
         if done_file.exists():
-            rows[v.group].append((v.label, str(vdir), json.loads(done_file.read_text())))
+            rows[v.group].append((v, str(vdir), json.loads(done_file.read_text())))
             continue
         print(f"[ablate] {v.group}: {v.label}", flush=True)
         store = store_dir(base, llm)
@@ -168,15 +172,12 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
                 continue
             if spec.name == "scenes-long":
                 spec = type(spec)(**{**spec.__dict__, "mode": v.long_mode})
-            entry = {"checkpoint": v.label, **ev.run(spec)}
-            if v.group == "facets" and spec.name == "scenes-long":
-                entry["mode"] = "as trained"  # K differs per row on purpose: one table row for all
-            entries.append(entry)
+            entries.append(ev.run(spec))
         vdir.mkdir(parents=True, exist_ok=True)
         done_file.write_text(json.dumps(entries, indent=2))
         seconds[v.key] = time.perf_counter() - t0
         print(f"[ablate] {v.group}: {v.label}: {seconds[v.key]:.0f} s", flush=True)
-        rows[v.group].append((v.label, str(ckpt), entries))
+        rows[v.group].append((v, str(ckpt), entries))
 
     # The demo's own runs as reference rows, where the group compares against them.
     demo_rows = {c["label"]: [r for r in reference["results"] if r["checkpoint"] == c["label"]]
@@ -189,9 +190,13 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         for src_label, label in refs.get(group, []):
             results["checkpoints"].append({"label": label, "path": str(base)})
             results["results"] += [{**r, "checkpoint": label} for r in demo_rows.get(src_label, [])]
-        for label, path, entries in rows[group]:
-            results["checkpoints"].append({"label": label, "path": path})
-            results["results"] += entries
+        for v, path, entries in rows[group]:
+            results["checkpoints"].append({"label": v.label, "path": path})
+            for e in entries:
+                e = {**e, "checkpoint": v.label}
+                if group == "facets" and e.get("dataset") == "scenes-long":
+                    e["mode"] = "as trained"  # K differs per row on purpose: one table row for all
+                results["results"].append(e)
         results["ablation"] = {"group": group, "llm": llm, "scale": scale}
         write_report(results, root / group / "report")
         print(f"\n== ablation: {group} ==")
