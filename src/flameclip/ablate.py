@@ -101,10 +101,10 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
                   workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
     from .config import load_config
     from .data.demo.build import build_demo_data
-    from .demo import SIZES, _common, data_kwargs, store_dir
+    from .demo import SIZES, _common, data_kwargs, demo_suite, store_dir
     from .embed import EmbedConfig, run_embed
     from .evaluate.report import console_table, write_report
-    from .evaluate.tasks import Evaluator, load_suite
+    from .evaluate.tasks import Evaluator
     from .inference import load
     from .train import find_checkpoint, train
 
@@ -118,10 +118,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     llm, scale = demo["llm"], demo["scale"]
     sizes = SIZES[scale]
     paths = build_demo_data(base / "data", seed=seed, progress=False, **data_kwargs(scale))
-    specs = load_suite(paths["suite"])
-    for spec in specs:
-        if spec.task == "zeroshot" and spec.templates is None:
-            spec.templates = ["{c}", "an emoji of a {c}.", "a picture of a {c}."]  # as the demo
+    specs = demo_suite(paths["suite"])
     root = base / "ablations"
     groups = list(groups or GROUPS)
     unknown = [g for g in groups if g not in GROUPS]
@@ -154,9 +151,9 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
             # The same optimiser steps as the 100% runs: more epochs over fewer images (and a
             # smaller batch only where the subset is smaller than one batch).
             steps = sizes.epochs * (full // sizes.batch_size)
-            batch = min(sizes.batch_size, _count_lines(manifest))
-            budget = [f"batch_size={batch}", f"epochs={-(-steps // (_count_lines(manifest) // batch))}",
-                      f"max_steps={steps}"]
+            part = _count_lines(manifest)
+            batch = min(sizes.batch_size, part)
+            budget = [f"batch_size={batch}", f"epochs={-(-steps // (part // batch))}", f"max_steps={steps}"]
         run_dir = vdir / "train"
         overrides = [f"train_manifest=\"{manifest}\"", f"store=\"{store}\"", f"positives={v.positives}",
                      "model.text_center=true", *v.overrides]

@@ -64,6 +64,19 @@ def data_kwargs(scale: str) -> dict:
     return kw
 
 
+def demo_suite(path):
+    """The demo's evaluation suite, with its zero-shot templates (shared by the ablations)."""
+    from .evaluate.tasks import load_suite
+
+    specs = load_suite(path)
+    for spec in specs:
+        if spec.task == "zeroshot" and spec.templates is None:
+            # Emoji are not photos: three plain templates instead of the 80 ImageNet ones (and 27x
+            # fewer LLM passes on a CPU).
+            spec.templates = ["{c}", "an emoji of a {c}.", "a picture of a {c}."]
+    return specs
+
+
 def store_dir(out: Path, llm: str) -> Path:
     """The demo's store folder: named after a packaged LLM, or the file/folder name of a path."""
     return Path(out) / f"store-{Path(llm).stem if ('/' in llm or llm.endswith('.gguf')) else llm}"
@@ -74,7 +87,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
     from .data.demo.build import build_demo_data
     from .embed import EmbedConfig, run_embed
     from .evaluate.report import console_table, write_report
-    from .evaluate.tasks import Evaluator, load_suite
+    from .evaluate.tasks import Evaluator
     from .inference import load
     from .train import find_checkpoint, train
 
@@ -118,12 +131,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
         runs[name] = train(cfg, progress=progress).checkpoint
         t = lap(f"train {name}", t)
 
-    specs = load_suite(paths["suite"])
-    for spec in specs:
-        if spec.task == "zeroshot" and spec.templates is None:
-            # Emoji are not photos: three plain templates instead of the 80 ImageNet ones (and 27x
-            # fewer LLM passes on a CPU).
-            spec.templates = ["{c}", "an emoji of a {c}.", "a picture of a {c}."]
+    specs = demo_suite(paths["suite"])
     results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
     for label, ckpt in runs.items():
         # On the GPU when there is one: the LLM encodes every query caption, far faster there.
