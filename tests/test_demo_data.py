@@ -139,9 +139,10 @@ def test_relations_match_the_grid():
     assert SC.relation(scene.objects[8], a) == "below and to the right of"
 
 
-def test_hard_negatives_differ_only_after_clip_context(built, clip_tok):
-    rows = _jsonl(built["long_retrieval"])
-    root = built["long_retrieval"].parent
+@pytest.mark.parametrize("which", ["long_retrieval", "novel_retrieval"])
+def test_hard_negatives_differ_only_after_clip_context(built, clip_tok, which):
+    rows = _jsonl(built[which])
+    root = built[which].parent
     groups = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -159,6 +160,41 @@ def test_hard_negatives_differ_only_after_clip_context(built, clip_tok):
         for i in range(len(pixels)):
             for j in range(i + 1, len(pixels)):
                 assert not np.array_equal(pixels[i], pixels[j])
+
+
+def test_novel_captions_avoid_the_training_phrasing(built):
+    train_text = " ".join(c for r in _jsonl(built["train_captions"]) for c in (r["short"], r["long"])).lower()
+    # The words the training captions use for positions, sizes and backgrounds...
+    for phrase in ("top left", "bottom right", "centre left", "medium-sized", "small", "large", "background",
+                   "to the left of", "in the centre"):
+        assert phrase in train_text, phrase
+    names = {g.name.lower() for g in G.vocabulary(SIZES["vocab_size"])}
+    for r in _jsonl(built["novel_retrieval"]):
+        text = r["caption"].lower()
+        for name in names:  # glyph names are the content, the one thing both writers share
+            text = text.replace(name, " ")
+        # ...never appear in a novel caption, and neither do the training colour words.
+        for phrase in ("top left", "bottom right", "centre left", "medium-sized", "small", "large", "background",
+                       "to the left of", "in the centre", " red ", "light blue", "dark green"):
+            assert phrase not in text, (phrase, r["caption"])
+    # The same images are not reused: the novel set is its own draw.
+    long_images = {r["image"] for r in _jsonl(built["long_retrieval"])}
+    assert not long_images & {r["image"] for r in _jsonl(built["novel_retrieval"])}
+
+
+def test_novel_caption_says_what_is_in_the_scene():
+    from flameclip.data.demo.rephrase import CELL_WORDS, novel_long_caption
+
+    vocab = G.vocabulary(30)
+    for seed in range(20):
+        scene = SC.sample_scene(np.random.default_rng(seed), vocab, 64)
+        text = novel_long_caption(scene)
+        for o in scene.objects:
+            assert f"{o.glyph.name} " in text or f"{o.glyph.name}." in text or f"{o.glyph.name}," in text
+            assert CELL_WORDS[o.cell] in text
+        # Each object's clause names its own cell: the k-th cell phrase belongs to the k-th object.
+        found = sorted((text.index(f"the {CELL_WORDS[o.cell]}"), o.cell) for o in scene.objects)
+        assert [c for _, c in found] == [o.cell for o in scene.objects]
 
 
 def torch_equal(a, b) -> bool:

@@ -279,3 +279,34 @@ def test_clip_tokenizer_offline(monkeypatch):
     assert (ids[:, 0] == sot).all() and ids[1, -1] == eot
     assert ids[0].argmax() > 1 and ids[0, ids[0].argmax()] == eot and (ids[0, ids[0].argmax() + 1:] == 0).all()
     assert torch.equal(ids, open_clip.get_tokenizer("ViT-B-32")(texts))
+
+
+def test_text_adapter_starts_as_the_identity_and_learns():
+    from flameclip.model import FlameModel, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, text_dim=24)
+    plain, adapted = FlameModel(ModelConfig(**cfg)), FlameModel(ModelConfig(**cfg, text_adapter_depth=2))
+    states = torch.randn(5, 3, 24)
+    # Zero-initialised last layers: at the start the adapted text side is the paper's frozen one.
+    assert torch.allclose(adapted.encode_text(states), plain.encode_text(states), atol=1e-6)
+    # Its parameters receive gradients (the frozen-only model has none on the text side).
+    adapted.encode_text(states).sum().backward()
+    grads = [p.grad for n, p in adapted.named_parameters() if n.startswith("text_adapter") and n.endswith("fc2.weight")]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert not any(n.startswith("text_adapter") for n, _ in plain.named_parameters())
+
+
+def test_text_adapter_and_drop_path_settings_are_checked():
+    from flameclip.model import FlameModel, ModelConfig
+
+    with pytest.raises(ValueError, match="text_adapter_depth"):
+        FlameModel(ModelConfig(text_adapter_depth=-1))
+    with pytest.raises(ValueError, match="text_tower='llm'"):
+        FlameModel(ModelConfig(text_adapter_depth=1, text_tower="clip", embed_dim=16))
+    with pytest.raises(ValueError, match="vision_drop_path"):
+        FlameModel(ModelConfig(vision_drop_path=1.0))
+    m = FlameModel(ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=2, vision_heads=2,
+                               vision_drop_path=0.2))
+    rates = [b.drop_path1.drop_prob for b in m.visual.trunk.blocks if hasattr(b.drop_path1, "drop_prob")]
+    assert rates and max(rates) == pytest.approx(0.2)

@@ -28,7 +28,9 @@ class TrainConfig:
     captions: str = ""  # captions file (CLIP baseline: its text tower reads raw text)
     text_columns: list[str] = field(default_factory=list)  # store/caption columns to draw positives from (all if empty)
     positives: int = 6  # P positives per image per step (the reference draws 6 of 11 rows)
-    val_manifest: str = ""  # optional held-out manifest for the periodic evaluation
+    val_manifest: str = ""  # optional held-out manifest for the periodic evaluation (learning curves)
+    eval_columns: list[str] = field(default_factory=list)  # caption columns scored in curves.csv (default: all trained on)
+    eval_images: int = 200  # images per recall set (training and held-out) in curves.csv
     # model and loss
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: str = "sigmoid"  # sigmoid (reference) | softmax

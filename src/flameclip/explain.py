@@ -276,10 +276,13 @@ def _patch_tokens(flame, image) -> torch.Tensor:
     """Projected patch tokens [N, D] of one PIL image, preprocessed as at evaluation."""
     pixels = flame.preprocess(image.convert("RGB"))[None].to(flame.device)
     tokens = flame.model.image_tokens(pixels)[0].float().cpu()
-    if getattr(flame.cfg, "text_center", False):
-        # The tokens were trained against centred text states: add the mean back to read them
-        # as the LLM's own hidden states.
-        tokens = tokens + flame.model.text_mean.float().cpu()
+    if flame.cfg.center_mode != "none":
+        # The tokens were trained against centred text states: add the mean back to read them as
+        # the LLM's own hidden states (with per-facet means, the single prompt's: a word map reads
+        # regions as one-word answers).
+        zero = torch.zeros(1, 1, tokens.shape[-1]).to(flame.model.text_mean)
+        mean = flame.model.text_mean if flame.cfg.center_mode == "global" else -flame.model.center_states(zero, "single")[0, 0]
+        tokens = tokens + mean.float().cpu()
     return tokens
 
 

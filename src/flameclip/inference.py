@@ -164,7 +164,11 @@ class FlameCLIP:
         if not self.is_flame:
             return self._clip_tokenizer(list(texts))
         # The reference's inference rule: average the facet states, then normalise (in encode_text).
-        return self.llm_states(texts, mode).mean(dim=1)
+        # With "prompt" centring each facet first loses its own mean, as the stored rows did in training.
+        from .text.prompts import load_prompt_set
+
+        states = self.model.center_states(self.llm_states(texts, mode), load_prompt_set(mode).name)
+        return states.mean(dim=1)
 
     @torch.no_grad()
     def encode_text(self, texts, mode: str = "single") -> torch.Tensor:

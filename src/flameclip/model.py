@@ -52,10 +52,23 @@ class ModelConfig:
     init_logit_bias: float = -10.0
     max_logit_scale: float = 100.0
     grad_checkpointing: bool = False
-    # Subtract the mean stored text embedding (of the training store) before normalising. LLM
-    # states share a few huge activations (SmolLM2: one dimension holds most of the norm), so all
-    # captions start with a cosine near 0.9; centring removes that common part. Off in the reference.
-    text_center: bool = False
+    # Centre the stored text embeddings before normalising. LLM states share a few huge activations
+    # (SmolLM2: one dimension holds most of the norm), so all captions start with a cosine near 0.9.
+    #   false / "none": the reference (no centring);
+    #   true / "global": subtract one mean state of the training store;
+    #   "prompt": every prompt facet (single's one, long7's seven, ...) gets its own mean, since each
+    #     facet adds its own offset ("overall atmosphere" rows of any two scenes stay at cosine 0.8
+    #     after one global mean). Stored rows are centred as they are read, queries per facet
+    #     before their facets are averaged (see ``center_states``).
+    text_center: bool | str = False
+    # The prompt facets that "prompt" centring holds a mean for, as "set:index" (set from the store)
+    text_facets: list[str] = field(default_factory=list)
+    # A trainable adapter on the frozen LLM states (FLAME only): this many residual MLP blocks of the
+    # text's own width, each zero-initialised so training starts from the paper's frozen-only text
+    # side. 0 (the default) is the paper's form; ShareLock and LiT-style setups train such a head.
+    text_adapter_depth: int = 0
+    # Stochastic depth in the custom ViT (timm's drop_path_rate): a regulariser against memorising.
+    vision_drop_path: float = 0.0
     # name + fingerprint of the LLM that made the text embeddings; the LLM itself is never stored
     llm: dict = field(default_factory=dict)
 
@@ -68,8 +81,23 @@ class ModelConfig:
             raise ValueError("text_tower='clip' needs embed_dim: the CLIP baseline has no LLM space to share")
         if self.embed_dim is not None and self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive or None, got {self.embed_dim}")
+        if self.center_mode not in ("none", "global", "prompt"):
+            raise ValueError(f"text_center must be true, false, \"global\" or \"prompt\", got {self.text_center!r}")
+        if self.text_adapter_depth < 0:
+            raise ValueError(f"text_adapter_depth must be >= 0, got {self.text_adapter_depth}")
+        if self.text_adapter_depth and self.text_tower != "llm":
+            raise ValueError("text_adapter_depth applies to FLAME's frozen LLM states (text_tower='llm') only")
+        if not 0.0 <= self.vision_drop_path < 1.0:
+            raise ValueError(f"vision_drop_path must be in [0, 1), got {self.vision_drop_path}")
         if self.init_logit_scale <= 0 or self.max_logit_scale <= 0:
             raise ValueError("init_logit_scale and max_logit_scale must be positive")
+
+    @property
+    def center_mode(self) -> str:
+        """``text_center`` as one word: none, global or prompt (true means global)."""
+        if isinstance(self.text_center, bool):
+            return "global" if self.text_center else "none"
+        return self.text_center
 
     @property
     def shared_dim(self) -> int:
@@ -113,6 +141,21 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
     model.load_state_dict(state, strict=True)
 
 
+class ResidualMLP(nn.Module):
+    """``x + fc2(gelu(fc1(norm(x))))`` with ``fc2`` zero-initialised: the identity at the start."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
 class FlameModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -124,13 +167,18 @@ class FlameModel(nn.Module):
         self.projector = TokenProjector(self.visual.width, self.embed_dim)
 
         self.text_proj = None  # llm mode, optional Linear(D, E)
+        self.text_adapter = None  # llm mode, optional residual MLP blocks on the frozen states
         self.text_encoder = None  # clip mode, the trainable text transformer
         if cfg.text_tower == "llm":
             if cfg.embed_dim is not None:
                 self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
-            if cfg.text_center:
+            if cfg.text_adapter_depth:
+                self.text_adapter = nn.Sequential(*[ResidualMLP(cfg.text_dim) for _ in range(cfg.text_adapter_depth)])
+            if cfg.center_mode != "none":
                 # Set once from the store before training (see train.py), saved with the weights.
                 self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
+            if cfg.center_mode == "prompt":
+                self.register_buffer("text_facet_means", torch.zeros(len(cfg.text_facets), cfg.text_dim))
         else:
             # Imported here: open_clip is only needed by the baseline, and is slow to import.
             from .baselines.clip_text import ClipTextTower
@@ -175,8 +223,10 @@ class FlameModel(nn.Module):
                 )
             # Stored embeddings may be fp16; normalise in the model's precision.
             x = text.to(self.log_logit_scale.dtype)
-            if self.cfg.text_center:
+            if self.cfg.center_mode == "global":
                 x = x - self.text_mean
+            if self.text_adapter is not None:
+                x = self.text_adapter(x)
             if self.text_proj is not None:
                 x = self.text_proj(x)
         else:
@@ -188,6 +238,22 @@ class FlameModel(nn.Module):
             lead = text.shape[:-1]
             x = self.text_encoder(text.reshape(-1, length)).reshape(*lead, -1)
         return F.normalize(x, dim=-1) if normalize else x
+
+    def center_states(self, states: torch.Tensor, prompt_set: str) -> torch.Tensor:
+        """LLM states [N, K, D] of ``prompt_set`` as ``encode_text`` takes them after ``mean(dim=1)``.
+
+        With "prompt" centring, facet k of the set loses its own mean; a set this model was not
+        trained with loses the mean of every trained row. Otherwise the states pass unchanged
+        (global centring happens inside ``encode_text``, where it commutes with the facet mean).
+        """
+        if self.cfg.center_mode != "prompt":
+            return states
+        names = [f"{prompt_set}:{k}" for k in range(states.shape[1])]
+        if all(n in self.cfg.text_facets for n in names):
+            means = self.text_facet_means[[self.cfg.text_facets.index(n) for n in names]]
+        else:
+            means = self.text_mean.expand(len(names), -1)
+        return states - means.to(states.device, states.dtype)
 
     # ------------------------------------------------------------------ both
 

@@ -36,7 +36,9 @@ from .data.images import (
     default_workers,
     read_images,
 )
+from .data.centering import CenteredStore, store_means
 from .data.transforms import eval_transform, train_transform
+from .evaluate.curves import CurveLog, recall
 from .losses import build_loss
 from .model import FlameModel
 
@@ -83,16 +85,6 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def store_mean(store, seed: int = 0, max_samples: int = 4096) -> torch.Tensor:
-    """Mean of all stored rows over (a seeded sample of at most ``max_samples``) store samples."""
-    ids = list(store.ids())
-    if len(ids) > max_samples:
-        g = torch.Generator().manual_seed(seed)
-        ids = [ids[i] for i in sorted(torch.randperm(len(ids), generator=g)[:max_samples].tolist())]
-    rows = store.get_many(ids)
-    return torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0))
-
-
 def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with no weight decay on gains, biases, embeddings and the logit parameters."""
     no_decay = model.no_weight_decay_names()
@@ -104,7 +96,9 @@ def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
-def build_dataset(cfg: TrainConfig, manifest: str, train: bool):
+def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple | None = None):
+    """Images of ``manifest`` joined to the text side; ``centering`` = (facet names, facet means) for
+    "prompt" centring, which the stored rows then come back with."""
     records = read_images(manifest, cfg.image_root or None)
     if cfg.model.text_tower == "llm":
         if not cfg.store:
@@ -115,6 +109,8 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool):
         want = (cfg.model.llm or {}).get("weights_sha256")
         if want and store.fingerprint.get("weights_sha256") != want:
             raise DataError(f"{cfg.store} was embedded by another LLM than this model's ({cfg.model.llm.get('llm')})")
+        if centering is not None:
+            store = CenteredStore(store, *centering)
         text = StoreText(store, cfg.positives, cfg.text_columns or None)
     else:
         if not cfg.captions:
@@ -246,26 +242,26 @@ def plot_losses(out: Path) -> Path | None:
 # Evaluation hook
 
 
-@torch.no_grad()
-def evaluate_retrieval(model: FlameModel, ds, cfg: TrainConfig, device, max_images: int = 1000) -> dict:
-    """Held-out image->text and text->image R@1 (texts: the mean of each image's positives)."""
-    model.eval()
-    imgs, txts = [], []
-    n = min(len(ds), max_images)
-    for s in range(0, n, cfg.batch_size):
-        batch = [ds[(0, i)] for i in range(s, min(n, s + cfg.batch_size))]
-        x, t, _ = collate(batch)
-        imgs.append(model.encode_image(x.to(device)).float())
-        f = model.encode_text(t.to(device)).float()
-        txts.append(torch.nn.functional.normalize(f.mean(dim=1), dim=-1))
-    img, txt = torch.cat(imgs), torch.cat(txts)
-    sim = img @ txt.T
-    target = torch.arange(len(img), device=sim.device)
-    model.train()
-    return {
-        "val_i2t_r1": (sim.argmax(1) == target).float().mean().item(),
-        "val_t2i_r1": (sim.argmax(0) == target).float().mean().item(),
-    }
+def build_recall_sets(cfg: TrainConfig, train_ds, centering: tuple | None = None) -> list:
+    """Recall sets for the learning curves: training images and, when given, held-out ones."""
+    from .evaluate.curves import build_recall_set
+
+    text = train_ds.text
+    trained = cfg.text_columns or (list(text.store.columns) if hasattr(text, "store") else text.columns)
+    columns = cfg.eval_columns or trained
+    known = list(text.store.columns) if hasattr(text, "store") else text.columns
+    unknown = [c for c in columns if c not in known]
+    if unknown:
+        raise DataError(f"eval_columns {unknown} are not caption columns of this run (known: {known})")
+    seen = build_dataset(cfg, cfg.train_manifest, train=False, centering=centering)
+    sets = [build_recall_set("train", seen, columns, cfg.eval_images)]
+    held = build_dataset(cfg, cfg.val_manifest, train=False, centering=centering)
+    overlap = {r.id for r in held.records} & {r.id for r in seen.records}
+    if overlap:
+        raise DataError(f"{cfg.val_manifest} shares {len(overlap)} id(s) with the training manifest "
+                        f"(first: {sorted(overlap)[0]}): a held-out set must be held out")
+    sets.append(build_recall_set("val", held, columns, cfg.eval_images))
+    return sets
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,8 +309,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
-    train_ds = build_dataset(cfg, cfg.train_manifest, train=True)
-    val_ds = build_dataset(cfg, cfg.val_manifest, train=False) if cfg.val_manifest else None
+    centering, means = None, None
+    if cfg.model.text_tower == "llm" and cfg.model.center_mode != "none" and cfg.store:
+        from .store import EmbeddingStore
+
+        # From the training store, before any row is read: "prompt" centring changes what the rows are.
+        means = store_means(EmbeddingStore(cfg.store), seed=cfg.seed)
+        if cfg.model.center_mode == "prompt":
+            centering = (means[1], means[2])
+            cfg.model.text_facets = list(means[1])
+    train_ds = build_dataset(cfg, cfg.train_manifest, train=True, centering=centering)
     if cfg.model.text_tower == "llm":
         store = train_ds.text.store
         if cfg.model.text_dim != store.dim:
@@ -331,8 +335,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         total = min(total, cfg.max_steps)
 
     model = FlameModel(cfg.model).to(device)
-    if cfg.model.text_tower == "llm" and cfg.model.text_center:
-        model.text_mean.copy_(store_mean(train_ds.text.store, seed=cfg.seed).to(device))
+    if means is not None:
+        model.text_mean.copy_(means[0].to(device))
+        if centering is not None:
+            model.text_facet_means.copy_(means[2].to(device))
     opt = build_optimizer(model, cfg)
     start_step, skipped = 0, set()
     ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
@@ -359,6 +365,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         raise ValueError(f"precision must be auto, bf16 or fp32, not '{cfg.precision}'")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     log = MetricsLog(out, start_step if ckpt is not None else None) if d.main else None
+    # Learning curves: recall on training and held-out images, from the texts trained on.
+    recall_sets = build_recall_sets(cfg, train_ds, centering) if cfg.val_manifest and d.main else []
+    curves = CurveLog(out, start_step if ckpt is not None else None) if recall_sets else None
 
     model.train()
     step = start_step
@@ -399,12 +408,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                          "logit_scale": scale.item(), "logit_bias": bias.item(),
                          "images_per_s": images_since / max(now - t_last, 1e-9), "skipped_images": len(skipped)})
                 t_last, images_since = now, 0
-            if val_ds is not None and d.main and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-                eval_result = evaluate_retrieval(model, val_ds, cfg, device)
-                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_result.items()))
+            if curves is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+                eval_result = {}
+                for rs in recall_sets:
+                    eval_result.update(recall(model, rs, device, cfg.batch_size))
+                curves.log(step, {rs.name: len(rs.pixels) for rs in recall_sets}, eval_result)
                 if log.tb is not None:
                     for k, v in eval_result.items():
-                        log.tb.add_scalar(f"eval/{k}", v, step)
+                        log.tb.add_scalar(f"recall/{k}", v, step)
             if d.main and (step % cfg.save_every == 0 or step == total):
                 last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
                 plot_losses(out)

@@ -26,6 +26,9 @@ class DataError(ValueError):
     """Training data that cannot be used as given; one line that says what to do."""
 
 
+# What opening a bad image file raises (a missing file is an OSError too).
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -142,6 +145,7 @@ class CaptionTokens:
 
     def __init__(self, captions_path: str, columns: list[str], tokenizer, positives: int = 1, id_column: str = "id"):
         table = read_captions(captions_path, columns, id_column)
+        self.columns = list(columns)
         self.by_id = {sid: [table.columns[c][i] for c in columns] for i, sid in enumerate(table.ids)}
         self.tokenizer, self.positives = tokenizer, positives
 
@@ -190,7 +194,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
             try:
                 image = self._load(rec)
                 break
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            except UNREADABLE as e:
                 bad.append((rec.id, rec.path, type(e).__name__))
         else:
             raise DataError(f"{self.max_replacements} unreadable images in a row from '{self.records[index].path}': "

@@ -35,11 +35,15 @@ class RetrievalSet:
     texts: list[str]
     text_to_image: list[int]
     languages: list[str] | None = None
+    # Hard-negative groups: image i belongs to group image_groups[i] (None: no groups in the file)
+    image_groups: list[str] | None = None
 
     def counts(self) -> dict:
         c = {"images": len(self.images), "texts": len(self.texts)}
         if self.languages is not None:
             c["languages"] = len(set(self.languages))
+        if self.image_groups is not None:
+            c["groups"] = len(set(self.image_groups))
         return c
 
 
@@ -86,16 +90,17 @@ def load_classification(name: str, path: str, classnames: list[str] | None = Non
 
 
 def load_retrieval(name: str, path: str, image_column: str = "image", caption_column: str = "caption",
-                   language_column: str | None = None) -> RetrievalSet:
+                   language_column: str | None = None, group_column: str = "group") -> RetrievalSet:
     """A manifest with an image and one caption (or a list of captions) per record.
 
     Records naming the same image add captions to it; with ``language_column`` every caption
-    carries its language (multilingual retrieval).
+    carries its language (multilingual retrieval). When every record has a ``group_column``, images
+    of one group are hard negatives of each other and the group score is computed too.
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: evaluation data not found")
-    images, index, texts, t2i, langs = [], {}, [], [], []
+    images, index, texts, t2i, langs, groups = [], {}, [], [], [], []
     for n, r in iter_records(p):
         img, cap = r.get(image_column), r.get(caption_column)
         if not img:
@@ -110,6 +115,10 @@ def load_retrieval(name: str, path: str, image_column: str = "image", caption_co
         if path_ not in index:
             index[path_] = len(images)
             images.append(path_)
+            groups.append(r.get(group_column))
+        elif groups[index[path_]] != r.get(group_column):
+            raise DataError(f"{p}: record {n} puts '{img}' in group {r.get(group_column)!r}, an earlier one in "
+                            f"{groups[index[path_]]!r}: an image belongs to one group")
         for c in caps:
             texts.append(c)
             t2i.append(index[path_])
@@ -119,7 +128,12 @@ def load_retrieval(name: str, path: str, image_column: str = "image", caption_co
                 langs.append(str(r[language_column]))
     if not texts:
         raise DataError(f"{p}: no captions")
-    return RetrievalSet(name, images, texts, t2i, langs if language_column else None)
+    has_groups = [g is not None and g != "" for g in groups]
+    if any(has_groups) and not all(has_groups):
+        first = images[has_groups.index(False)]
+        raise DataError(f"{p}: some records have a '{group_column}' and some do not (first without: '{first}')")
+    image_groups = [str(g) for g in groups] if all(has_groups) else None
+    return RetrievalSet(name, images, texts, t2i, langs if language_column else None, image_groups)
 
 
 class _ImageFiles(torch.utils.data.Dataset):

@@ -253,3 +253,37 @@ def linear_probe(
         "n_train": int(len(y_train)),
         "n_test": int(len(y_test)),
     }
+
+
+def group_scores(image_features, text_features, text_to_image, image_groups) -> dict:
+    """Hard-negative group scores: each query is scored only against the images of its own group.
+
+    ``image_groups[i]`` names the group of image i. Text->image: does the caption pick its own image
+    among its group's images? Image->text: does the image pick one of its own captions among its
+    group's captions? Chance is the mean over queries of 1 / (group size). A model whose text side
+    cannot tell the group's captions apart (CLIP past its 77-token context) sits at chance.
+    """
+    text_to_image = torch.as_tensor(text_to_image).long()
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(image_groups):
+        members.setdefault(g, []).append(i)
+    img, txt = image_features.float().cpu(), text_features.float().cpu()
+    t2i_hits, t2i_chance = [], []
+    for t in range(len(txt)):
+        own = int(text_to_image[t])
+        cand = members[image_groups[own]]
+        scores = img[cand] @ txt[t]
+        t2i_hits.append(float(cand[int(scores.argmax())] == own))
+        t2i_chance.append(1.0 / len(cand))
+    texts_of: dict[int, list[int]] = {}
+    for t, i in enumerate(text_to_image.tolist()):
+        texts_of.setdefault(i, []).append(t)
+    i2t_hits, i2t_chance = [], []
+    for i in range(len(img)):
+        cand = [t for j in members[image_groups[i]] for t in texts_of.get(j, [])]
+        scores = txt[cand] @ img[i]
+        i2t_hits.append(float(text_to_image[cand[int(scores.argmax())]] == i))
+        i2t_chance.append(len(texts_of.get(i, [])) / len(cand))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"group_image_retrieval_acc": mean(t2i_hits), "group_text_retrieval_acc": mean(i2t_hits),
+            "group_image_retrieval_chance": mean(t2i_chance), "group_text_retrieval_chance": mean(i2t_chance)}

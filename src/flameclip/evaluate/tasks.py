@@ -15,7 +15,7 @@ import torch
 from ..data.images import DataError
 from ..inference import FlameCLIP
 from .datasets import RetrievalSet, iterate_images, load_classification, load_retrieval
-from .metrics import linear_probe, retrieval_metrics, zero_shot_metrics
+from .metrics import group_scores, linear_probe, retrieval_metrics, zero_shot_metrics
 
 TASKS = ("zeroshot", "retrieval", "multilingual", "linear_probe")
 
@@ -83,7 +83,10 @@ class Evaluator:
     def _retrieval(self, ds: RetrievalSet, mode: str) -> dict:
         img = self.image_features(ds.images)
         txt = self.m.encode_text(ds.texts, mode=mode)
-        return retrieval_metrics(img, txt, torch.tensor(ds.text_to_image))
+        metrics = retrieval_metrics(img, txt, torch.tensor(ds.text_to_image))
+        if ds.image_groups is not None:
+            metrics.update(group_scores(img, txt, ds.text_to_image, ds.image_groups))
+        return metrics
 
     def retrieval(self, spec: TaskSpec) -> dict:
         ds = load_retrieval(spec.name, spec.path)

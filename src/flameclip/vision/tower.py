@@ -68,11 +68,12 @@ def build_image_tower(cfg: ModelConfig) -> ImageTower:
             embed_dim=cfg.vision_width,
             depth=cfg.vision_depth,
             num_heads=cfg.vision_heads,
+            drop_path_rate=cfg.vision_drop_path,
             **common,
         )
     else:
         # pretrained=False: FLAME trains the image tower from scratch, and nothing may be downloaded.
-        trunk = timm.create_model(cfg.vision, pretrained=False, **common)
+        trunk = timm.create_model(cfg.vision, pretrained=False, drop_path_rate=cfg.vision_drop_path, **common)
     tower = ImageTower(trunk)
     if cfg.grad_checkpointing:
         tower.set_grad_checkpointing(True)

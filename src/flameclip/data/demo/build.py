@@ -7,6 +7,8 @@ writes, under the root::
     train/images/*.png  train/manifest.jsonl (id, image)  train/captions.jsonl (id, raw, short, long)
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
     eval/long_retrieval.jsonl   long captions; groups of hard negatives that differ late in the text
+    eval/novel_retrieval.jsonl  the same kind of groups, captioned by another writer (rephrase.py):
+                                words and sentence structures that no training caption uses
     eval/short_retrieval.jsonl  short captions
     eval/zeroshot/<class>/*.png one glyph alone, one folder per English name (spaces as "_")
     eval/multilingual.jsonl     one glyph alone, captioned by its name in up to 14 languages
@@ -38,10 +40,21 @@ from tqdm.auto import tqdm
 
 from .. import fashion_mnist as FM
 from . import glyphs as G
-from .scenes import captions, long_caption, render_scene, sample_hard_negative_group, sample_scene, short_caption
+from .rephrase import novel_long_caption
+from .scenes import (
+    CLIP_TEXT_TOKENS,
+    common_prefix,
+    captions,
+    clip_pieces,
+    long_caption,
+    render_scene,
+    sample_hard_negative_group,
+    sample_scene,
+    short_caption,
+)
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 # cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
@@ -61,7 +74,7 @@ FASHION_SIZES = ("fashion_train", "fashion_test")
 FASHION_TEMPLATES = ["{c}", "a photo of a {c}.", "a black and white photo of a {c}."]
 
 # Part of every image's seed, so that the splits never share a random stream.
-SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI = range(5)
+SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL = range(6)
 
 SUITE_TOML = """\
 # The demo evaluation suite; paths are relative to this file.
@@ -74,6 +87,12 @@ path = "zeroshot"
 task = "retrieval"
 name = "scenes-long"
 path = "long_retrieval.jsonl"
+mode = "long7"
+
+[[task]]
+task = "retrieval"
+name = "scenes-novel-phrasing"
+path = "novel_retrieval.jsonl"
 mode = "long7"
 
 [[task]]
@@ -97,6 +116,7 @@ def _paths(root: Path) -> dict[str, Path]:
         "train_captions": root / "train" / "captions.jsonl",
         "train_scenes": root / "train" / "scenes.jsonl",
         "long_retrieval": root / "eval" / "long_retrieval.jsonl",
+        "novel_retrieval": root / "eval" / "novel_retrieval.jsonl",
         "short_retrieval": root / "eval" / "short_retrieval.jsonl",
         "zeroshot": root / "eval" / "zeroshot",
         "multilingual": root / "eval" / "multilingual.jsonl",
@@ -268,12 +288,12 @@ def _write_if_changed(path: Path, text: str) -> None:
 def _build(out: Path, p: dict, progress: bool) -> dict:
     seed, S, gs = p["seed"], p["image_size"], p["group_size"]
     vocab = G.vocabulary(p["vocab_size"])
-    total = p["n_train"] + p["long_groups"] * gs + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"]
+    total = p["n_train"] + 2 * p["long_groups"] * gs + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"]
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
     writer = _Writer()
     train, ev = out / "train", out / "eval"
     (train / "images").mkdir(parents=True)
-    for sub in ("long", "short", "zeroshot", "multilingual"):
+    for sub in ("long", "novel", "short", "zeroshot", "multilingual"):
         (ev / sub).mkdir(parents=True)
 
     # Training scenes: 1-9 glyphs from the vocabulary; captions in English only.
@@ -291,24 +311,11 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     _write_jsonl(train / "scenes.jsonl", scenes)
 
     # Long-caption retrieval with hard negatives: each group differs only in its last-named object.
-    long_rows = []
-    for g in range(p["long_groups"]):
-        for attempt in range(100):
-            rng = np.random.default_rng([seed, SPLIT_LONG, g, attempt])
-            group = sample_hard_negative_group(rng, vocab, S, gs)
-            images = [render_scene(s) for s, _ in group]
-            hashes = [hashlib.sha1(im.tobytes()).digest() for im in images]
-            if len(set(hashes)) == len(hashes) and not set(hashes) & writer.seen:
-                writer.seen.update(hashes)
-                break
-        else:
-            raise RuntimeError(f"could not draw hard-negative group {g} with new images")
-        for k, ((scene, change), im) in enumerate(zip(group, images)):
-            name = f"long/long-{g:05d}-{k}.png"
-            writer.save(im, ev / name)
-            long_rows.append({"image": name, "caption": long_caption(scene), "group": g, "change": change})
-            bar.update()
+    # The novel set is built the same way from its own seeds and captioned by the other writer.
+    long_rows = _hard_negative_groups(writer, ev, "long", seed, SPLIT_LONG, p, vocab, bar, long_caption)
     _write_jsonl(ev / "long_retrieval.jsonl", long_rows)
+    novel_rows = _hard_negative_groups(writer, ev, "novel", seed, SPLIT_NOVEL, p, vocab, bar, novel_long_caption)
+    _write_jsonl(ev / "novel_retrieval.jsonl", novel_rows)
 
     # Short-caption retrieval: ordinary scenes, captioned in one sentence.
     short_rows = []
@@ -350,11 +357,43 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     return {
         "train_images": len(manifest),
         "long_retrieval": {"images": len(long_rows), "groups": p["long_groups"]},
+        "novel_retrieval": {"images": len(novel_rows), "groups": p["long_groups"]},
         "short_retrieval": {"images": len(short_rows)},
         "zeroshot": {"classes": p["n_classes"], "images": p["n_classes"] * p["per_class"]},
         "multilingual": {"images": p["n_multilingual"], "captions": len(multi_rows),
                          "languages": len({r["language"] for r in multi_rows})},
     }
+
+
+def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, vocab, bar,
+                          caption) -> list[dict]:
+    """``long_groups`` groups of hard negatives, new images only, captioned by ``caption(scene)``.
+
+    A group is kept only when its captions share more than CLIP's 75 text tokens, so that a text
+    tower cut at 77 tokens sees one text for the whole group.
+    """
+    rows = []
+    S, gs = p["image_size"], p["group_size"]
+    for g in range(p["long_groups"]):
+        for attempt in range(100):
+            rng = np.random.default_rng([seed, split, g, attempt])
+            group = sample_hard_negative_group(rng, vocab, S, gs)
+            texts = [caption(s) for s, _ in group]
+            if len(clip_pieces(common_prefix(texts))) - 1 < CLIP_TEXT_TOKENS:
+                continue
+            images = [render_scene(s) for s, _ in group]
+            hashes = [hashlib.sha1(im.tobytes()).digest() for im in images]
+            if len(set(hashes)) == len(hashes) and not set(hashes) & writer.seen:
+                writer.seen.update(hashes)
+                break
+        else:
+            raise RuntimeError(f"could not draw {kind} hard-negative group {g} with new images")
+        for k, ((_, change), im, text) in enumerate(zip(group, images, texts)):
+            name = f"{kind}/{kind}-{g:05d}-{k}.png"
+            writer.save(im, ev / name)
+            rows.append({"image": name, "caption": text, "group": g, "change": change})
+            bar.update()
+    return rows
 
 
 def _scene_and_image(rng, vocab, size):

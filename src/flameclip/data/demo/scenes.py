@@ -316,7 +316,7 @@ def clip_pieces(text: str) -> list[str]:
 
 # ------------------------------------------------------------------ hard negatives
 
-def _common_prefix(texts: list[str]) -> str:
+def common_prefix(texts: list[str]) -> str:
     first = texts[0]
     k = 0
     while k < len(first) and all(len(t) > k and t[k] == first[k] for t in texts):
@@ -362,7 +362,7 @@ def sample_hard_negative_group(rng: np.random.Generator, vocab: list[Glyph], siz
             group.append((replace(scene, objects=tuple(objs[:-1] + [new])), kind))
         if len(group) < group_size:
             continue
-        prefix = _common_prefix([long_caption(s) for s, _ in group])
+        prefix = common_prefix([long_caption(s) for s, _ in group])
         # The piece where the texts part may be cut short, so it does not count.
         if len(clip_pieces(prefix)) - 1 >= CLIP_TEXT_TOKENS:
             return group

@@ -1,0 +1,70 @@
+"""Centring stored LLM states: one mean for the whole store, or one per prompt facet.
+
+A store row is one facet of one prompt set (the raw column's single prompt, facet 3 of long7, ...).
+Every facet adds its own offset to the states, so "prompt" centring takes the mean of each facet
+over the store and subtracts it from that facet's rows. Rows of two columns embedded with the same
+prompt set share a facet, and so a mean: a query only says which prompt set it was encoded with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def row_facets(store) -> list[str]:
+    """The facet of every store row, as "set:index" (e.g. ["single:0", "long7:0", ..., "long7:6"])."""
+    sets = store.fingerprint.get("prompt_sets", {})
+    names = [""] * store.num_rows
+    for column, (lo, hi) in store.columns.items():
+        name = sets.get(column, {}).get("name", column)
+        for k in range(hi - lo):
+            names[lo + k] = f"{name}:{k}"
+    return names
+
+
+def sample_ids(store, seed: int = 0, max_samples: int = 4096) -> list[str]:
+    """All ids, or a seeded sample of ``max_samples`` of them in store order."""
+    ids = list(store.ids())
+    if len(ids) > max_samples:
+        g = torch.Generator().manual_seed(seed)
+        ids = [ids[i] for i in sorted(torch.randperm(len(ids), generator=g)[:max_samples].tolist())]
+    return ids
+
+
+def store_means(store, seed: int = 0, max_samples: int = 4096) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """(mean of all rows [D], facet names [F], mean of each facet [F, D]) over (a sample of) the store."""
+    rows = store.get_many(sample_ids(store, seed, max_samples))  # [N, R, D]
+    facets = row_facets(store)
+    names = list(dict.fromkeys(facets))
+    per_row = rows.mean(axis=0)  # [R, D]
+    means = np.stack([per_row[[i for i, f in enumerate(facets) if f == n]].mean(axis=0) for n in names])
+    return torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0)), names, torch.from_numpy(means)
+
+
+class CenteredStore:
+    """A read-only view of an EmbeddingStore whose rows come back minus their facet's mean."""
+
+    def __init__(self, store, facet_names: list[str], facet_means: torch.Tensor):
+        self.store = store
+        index = {n: i for i, n in enumerate(facet_names)}
+        self.row_means = facet_means.numpy()[[index[f] for f in row_facets(store)]].astype(np.float32)  # [R, D]
+
+    def __getattr__(self, name):  # everything but the reads: columns, ids(), fingerprint, dim, root, ...
+        return getattr(self.store, name)
+
+    def __contains__(self, sample_id) -> bool:
+        return sample_id in self.store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def get(self, sample_id: str) -> np.ndarray:
+        return self.store.get(sample_id) - self.row_means
+
+    def get_many(self, sample_ids) -> np.ndarray:
+        return self.store.get_many(sample_ids) - self.row_means
+
+    def get_column(self, sample_id: str, column: str) -> np.ndarray:
+        lo, hi = self.store.columns[column]
+        return self.store.get_column(sample_id, column) - self.row_means[lo:hi]
