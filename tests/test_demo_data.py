@@ -290,3 +290,24 @@ def test_bad_parameters_are_refused(tmp_path):
         build_demo_data(tmp_path, "tpu")
     with pytest.raises(ValueError, match="vocab_size"):
         build_demo_data(tmp_path, "cpu", progress=False, **{**TINY, "n_classes": 50})
+
+
+def test_sparse_scenes_and_the_validation_split(tmp_path):
+    p = build_demo_data(tmp_path / "d", "cpu", seed=0, progress=False, **{**TINY, "n_train": 40, "n_val": 6},
+                        sparse_percent=50)
+    scenes = _jsonl(p["train_scenes"])
+    counts = [len(s["objects"]) for s in scenes]
+    # Every other scene is sparse (1-3 glyphs); the others may hold up to 9.
+    assert all(c <= 3 for c in counts[1::2]), counts
+    assert max(counts[0::2]) > 3
+    fit, val = _jsonl(p["fit_manifest"]), _jsonl(p["val_manifest"])
+    manifest = _jsonl(p["train_manifest"])
+    assert fit + val == manifest and len(val) == 6
+    # Without sparse scenes the training images are those of the plain build (same seeds).
+    a = build_demo_data(tmp_path / "a", "cpu", seed=0, progress=False, **TINY)
+    b = build_demo_data(tmp_path / "b", "cpu", seed=0, progress=False, **TINY, sparse_percent=0)
+    assert _files(a["train_images"]) == _files(b["train_images"])
+    with pytest.raises(ValueError, match="sparse_percent"):
+        build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, sparse_percent=101)
+    with pytest.raises(ValueError, match="n_val"):
+        build_demo_data(tmp_path / "c", "cpu", progress=False, **{**TINY, "n_val": TINY["n_train"]})

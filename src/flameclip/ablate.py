@@ -9,19 +9,19 @@ demo's sizes and evaluates; everything is resumable (finished variants are skipp
     mask    long7 in one packed pass with the decoupled mask (FDA) vs the same packed sequence
             with a plain causal mask (route ``causal``: later facets see the earlier prompts)
     layer   the LLM layer read: the demo's (second to last) vs the middle layer
-    data    FLAME on 25% of the training images vs FLAME and CLIP on 100%. The 25% run gets the
-            same number of optimiser steps (4x the epochs), so data, not compute, is what differs
+
+(FLAME on 25% and 50% of the scenes against CLIP on 100%, at equal steps, is part of the demo
+itself: its data-efficiency figure.)
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GROUPS = ("facets", "mask", "layer", "data")
+GROUPS = ("facets", "mask", "layer")
 FACET_SETS = {1: "single", 3: "short3", 7: "long7"}
 DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
 
@@ -34,7 +34,6 @@ class Variant:
     route: str = "auto"
     layer: int = -2
     positives: int = 6
-    data_fraction: float = 1.0
     long_mode: str = "long7"  # prompt set for the long-caption queries
     tasks: tuple[str, ...] = ()  # suite task names to run; empty: all
     overrides: list[str] = field(default_factory=list)
@@ -72,28 +71,6 @@ def variants(groups: list[str], llm: str) -> list[Variant]:
     if "layer" in groups:
         mid = middle_layer(llm)
         out.append(Variant("layer", f"layer {mid}", prompts=dict(DEMO_PROMPTS), layer=mid))
-    if "data" in groups:
-        out.append(Variant("data", "FLAME 25%", data_fraction=0.25))
-    return out
-
-
-def _count_lines(path: Path) -> int:
-    return sum(1 for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip())
-
-
-def _subset_manifest(manifest: Path, fraction: float, out: Path, seed: int) -> Path:
-    """A seeded sample of a JSONL manifest's records (written once), image paths made absolute
-    since the sample lives in another folder."""
-    if out.exists():
-        return out
-    records = [json.loads(ln) for ln in manifest.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    keep = sorted(random.Random(seed).sample(range(len(records)), max(1, round(fraction * len(records)))))
-    for i in keep:
-        records[i]["image"] = str((manifest.parent / records[i]["image"]).resolve())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(records[i]) + "\n" for i in keep), encoding="utf-8")
-    tmp.replace(out)
     return out
 
 
@@ -101,7 +78,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
                   workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
     from .config import load_config
     from .data.demo.build import build_demo_data
-    from .demo import SIZES, _common, data_kwargs, demo_suite, store_dir
+    from .demo import FLAME_SETTINGS, SIZES, _common, data_kwargs, demo_suite, store_dir
     from .embed import EmbedConfig, run_embed
     from .evaluate.report import console_table, write_report
     from .evaluate.tasks import Evaluator
@@ -143,21 +120,10 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
                       progress=progress)
         elif not store.exists():
             raise FileNotFoundError(f"the demo's store was not found under {base}: run the demo again")
-        manifest = Path(paths["train_manifest"])
-        budget = []
-        if v.data_fraction < 1.0:
-            full = _count_lines(manifest)
-            manifest = _subset_manifest(manifest, v.data_fraction, vdir.parent / f"{v.key}-manifest.jsonl", seed)
-            # The same optimiser steps as the 100% runs: more epochs over fewer images (and a
-            # smaller batch only where the subset is smaller than one batch).
-            steps = sizes.epochs * (full // sizes.batch_size)
-            part = _count_lines(manifest)
-            batch = min(sizes.batch_size, part)
-            budget = [f"batch_size={batch}", f"epochs={-(-steps // (part // batch))}", f"max_steps={steps}"]
         run_dir = vdir / "train"
-        overrides = [f"train_manifest=\"{manifest}\"", f"store=\"{store}\"", f"positives={v.positives}",
-                     "model.text_center=true", *v.overrides]
-        cfg = load_config(None, overrides + _common(sizes, run_dir, workers, precision) + budget)
+        overrides = [f"train_manifest=\"{paths['fit_manifest']}\"", f"store=\"{store}\"", *FLAME_SETTINGS,
+                     f"positives={v.positives}", *v.overrides]
+        cfg = load_config(None, overrides + _common(sizes, run_dir, workers, precision))
         if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
             cfg.resume = "latest"
         ckpt = train(cfg, progress=progress).checkpoint
@@ -179,8 +145,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     # The demo's own runs as reference rows, where the group compares against them.
     demo_rows = {c["label"]: [r for r in reference["results"] if r["checkpoint"] == c["label"]]
                  for c in reference["checkpoints"]}
-    refs = {"layer": [("FLAME", f"layer {_demo_layer(reference)} (demo)")],
-            "data": [("FLAME", "FLAME 100%"), ("CLIP", "CLIP 100%")]}
+    refs = {"layer": [("FLAME", f"layer {_demo_layer(reference)} (demo)")]}
     summary = {}
     for group in groups:
         results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
@@ -218,7 +183,7 @@ def _demo_layer(reference: dict) -> str:
 def add_parser(sub):
     from .demo import add_run_options
 
-    p = sub.add_parser("ablate", help="ablations on the demo's data: facets, decoupled mask, LLM layer, data size")
+    p = sub.add_parser("ablate", help="ablations on the demo's data: facets, decoupled mask, LLM layer")
     p.add_argument("--out", default="runs/demo", help="the folder of a finished `flameclip demo`")
     p.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
     add_run_options(p)

@@ -1,13 +1,17 @@
 """``flameclip demo``: the embedded default, end to end, FLAME against CLIP on the same data.
 
 Steps (each resumable: run the command again and finished steps are skipped):
-1. build the emoji-scene data (images from the Noto Color Emoji font, names from ``emoji``);
-2. embed the training captions (raw -> single, short -> short3, long -> long7) with the LLM;
-3. train FLAME on images + stored embeddings;
-4. train the CLIP baseline (open_clip text tower from scratch) with the same image tower, loss,
-   data and number of steps;
-5. evaluate both: zero-shot glyph names, long-caption retrieval with hard negatives, short
-   retrieval, multilingual retrieval; print one table and write the report.
+1. build the emoji-scene data (images from the Noto Color Emoji font, names from ``emoji``); the
+   last scenes of the training set are held out as a validation split;
+2. embed the training captions with the LLM;
+3. train FLAME on images + stored embeddings, with training and held-out recall logged as it goes
+   (learning curves);
+4. train the CLIP baseline (open_clip text tower from scratch) with the same image tower, data and
+   number of steps, each side with the settings its own validation sweep chose (BENCHMARKS.md);
+5. train FLAME again on 25% and 50% of the scenes, same steps (the data-efficiency figure);
+6. evaluate: zero-shot glyph names, long-caption retrieval with hard negatives (and the same in
+   phrasing no training caption uses), short retrieval, multilingual retrieval, Fashion-MNIST; print
+   the headline targets with chance beside every figure, and write the report with its figures.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from .config import load_config
 
 @dataclass
 class DemoSizes:
-    n_train: int
-    epochs: int
+    n_train: int  # training scenes built; the last n_val of them are the validation split
+    n_val: int
+    steps: int  # optimiser steps of every training run
     batch_size: int
     vision_width: int
     vision_depth: int
@@ -32,24 +37,34 @@ class DemoSizes:
     patch_size: int = 8
     clip_width: int = 128
     clip_layers: int = 2
+    eval_every: int = 50  # steps between two points of the learning curves
+    fractions: tuple[float, ...] = (0.25, 0.5)  # FLAME's data-efficiency runs (share of the fit scenes)
+    sparse_percent: int = 50  # share of training scenes with only 1-3 glyphs (see data/demo/build.py)
 
 
 SIZES = {
     # Chosen to fit in about 20 minutes of a 2-core CPU after installation (see BENCHMARKS.md).
-    "cpu": DemoSizes(n_train=400, epochs=15, batch_size=32, vision_width=192, vision_depth=4, vision_heads=3),
+    "cpu": DemoSizes(n_train=1100, n_val=150, steps=500, batch_size=32, vision_width=192, vision_depth=4,
+                     vision_heads=3),
     # For a GPU: more data and a deeper tower.
-    "gpu": DemoSizes(n_train=20000, epochs=20, batch_size=256, vision_width=384, vision_depth=12, vision_heads=6),
+    "gpu": DemoSizes(n_train=20000, n_val=1000, steps=1500, batch_size=256, vision_width=384, vision_depth=12,
+                     vision_heads=6, eval_every=150),
     # For the test suite: seconds, not minutes.
-    "tiny": DemoSizes(n_train=24, epochs=2, batch_size=8, vision_width=32, vision_depth=1, vision_heads=2,
-                      image_size=32),
+    "tiny": DemoSizes(n_train=40, n_val=4, steps=6, batch_size=8, vision_width=32, vision_depth=1, vision_heads=2,
+                      image_size=32, eval_every=3),
 }
+
+# Each side's settings, chosen on the validation split by the sweep in BENCHMARKS.md ("demo sweep").
+FLAME_SETTINGS = ["loss=\"softmax\"", "lr=1e-3", "positives=6", "model.text_center=\"prompt\""]
+CLIP_SETTINGS = ["loss=\"softmax\"", "lr=1e-3", "model.embed_dim=256", "model.clip_heads=4"]
+DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
 
 
 def _common(s: DemoSizes, out: Path, workers: int, precision: str) -> list[str]:
     return [
         f"model.image_size={s.image_size}", f"model.patch_size={s.patch_size}", f"model.vision_width={s.vision_width}",
         f"model.vision_depth={s.vision_depth}", f"model.vision_heads={s.vision_heads}", f"batch_size={s.batch_size}",
-        f"epochs={s.epochs}", "lr=1e-3", "weight_decay=0.1", "warmup_steps=20", "loss=\"sigmoid\"",
+        "epochs=1000000", f"max_steps={s.steps}", "weight_decay=0.1", "warmup_steps=20",
         f"workers={workers}", f"precision=\"{precision}\"", "save_every=1000000", "log_every=5", f"out=\"{out}\"",
     ]
 
@@ -57,7 +72,8 @@ def _common(s: DemoSizes, out: Path, workers: int, precision: str) -> list[str]:
 def data_kwargs(scale: str) -> dict:
     """What ``build_demo_data`` is given at a demo scale (tiny: a few samples of every set)."""
     sizes = SIZES[scale]
-    kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "image_size": sizes.image_size}
+    kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "n_val": sizes.n_val,
+          "sparse_percent": sizes.sparse_percent, "image_size": sizes.image_size}
     if scale == "tiny":
         kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,
                   fashion_train=40, fashion_test=20)
@@ -82,11 +98,33 @@ def store_dir(out: Path, llm: str) -> Path:
     return Path(out) / f"store-{Path(llm).stem if ('/' in llm or llm.endswith('.gguf')) else llm}"
 
 
+def subset_manifest(manifest: Path, fraction: float, out: Path) -> Path:
+    """The first ``fraction`` of a JSONL manifest's records (written once), image paths made absolute.
+
+    The fit scenes are drawn independently, so their first records are as random a sample as any,
+    and the smaller sets are nested (25% is inside 50%).
+    """
+    if out.exists():
+        return out
+    lines = [ln for ln in manifest.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    keep = [json.loads(ln) for ln in lines[: max(1, round(fraction * len(lines)))]]
+    for r in keep:
+        r["image"] = str((manifest.parent / r["image"]).resolve())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
 def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: str = "cpu", seed: int = 0,
              workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
     from .data.demo.build import build_demo_data
     from .embed import EmbedConfig, run_embed
+    from .evaluate.curves import plot_learning_curves
+    from .evaluate.efficiency import plot_data_efficiency
     from .evaluate.report import console_table, write_report
+    from .evaluate.targets import evaluate_targets, targets_table
     from .evaluate.tasks import Evaluator
     from .inference import load
     from .train import find_checkpoint, train
@@ -106,27 +144,26 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
     t = lap("data", t0)
 
     store = store_dir(out, llm)
-    run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm,
-                          prompts={"raw": "single", "short": "short3", "long": "long7"},
+    run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm, prompts=DEMO_PROMPTS,
                           compute_dtype="fp32", shard_size=256), progress=progress)
     t = lap("embed captions", t)
 
+    fit, val = paths["fit_manifest"], paths["val_manifest"]
+    flame = [f"store=\"{store}\"", *FLAME_SETTINGS]
+    clip = [f"captions=\"{paths['train_captions']}\"", "text_columns=[\"raw\",\"short\",\"long\"]",
+            "model.text_tower=\"clip\"", f"model.clip_width={sizes.clip_width}",
+            f"model.clip_layers={sizes.clip_layers}", *CLIP_SETTINGS]
+    curves = [f"val_manifest=\"{val}\"", f"eval_every={sizes.eval_every}", "eval_columns=[\"raw\",\"long\"]"]
+    jobs = [("FLAME", fit, flame + curves), ("CLIP", fit, clip + curves)]
+    for frac in sizes.fractions:
+        part = subset_manifest(fit, frac, out / f"fit-{round(100 * frac)}.jsonl")
+        jobs.append((f"FLAME {round(100 * frac)}%", part, flame))
     runs = {}
-    for name, overrides in (
-        # Centring the stored states (model.text_center) measured better on every demo task.
-        ("FLAME", [f"train_manifest=\"{paths['train_manifest']}\"", f"store=\"{store}\"", "positives=6",
-                   "model.text_center=true"]),
-        ("CLIP", [f"train_manifest=\"{paths['train_manifest']}\"", f"captions=\"{paths['train_captions']}\"",
-                  "text_columns=[\"raw\",\"short\",\"long\"]", "model.text_tower=\"clip\"", "model.embed_dim=256",
-                  # A small text tower: at 77 tokens per caption it still costs more than the whole
-                  # image side, which is the point FLAME makes about training cost.
-                  f"model.clip_width={sizes.clip_width}", f"model.clip_layers={sizes.clip_layers}",
-                  "model.clip_heads=4"]),
-    ):
-        run_dir = out / f"train-{name.lower()}"
-        cfg = load_config(None, overrides + _common(sizes, run_dir, workers, precision))
-        done = find_checkpoint(run_dir, "latest") if (run_dir / "checkpoints").exists() else None
-        if done is not None:
+    for name, manifest, overrides in jobs:
+        run_dir = out / f"train-{name.lower().replace(' ', '-').replace('%', '')}"
+        cfg = load_config(None, [f"train_manifest=\"{manifest}\"", *overrides,
+                                 *_common(sizes, run_dir, workers, precision)])
+        if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
             cfg.resume = "latest"
         runs[name] = train(cfg, progress=progress).checkpoint
         t = lap(f"train {name}", t)
@@ -143,11 +180,44 @@ def run_demo(out: str | Path = "runs/demo", llm: str = "smollm2-135m", scale: st
             results["results"].append({"checkpoint": label, **ev.run(spec)})
     t = lap("evaluate", t)
     timings["total"] = time.perf_counter() - t0
-    results["demo"] = {"llm": llm, "scale": scale, "sizes": sizes.__dict__, "seconds": timings}
-    report = write_report(results, out / "report")
-    print(console_table(results))
+    results["demo"] = {"llm": llm, "scale": scale, "sizes": sizes.__dict__, "seconds": timings,
+                       "settings": {"FLAME": FLAME_SETTINGS, "CLIP": CLIP_SETTINGS}}
+    targets = evaluate_targets(results)
+    results["targets"] = [t.__dict__ | {"stderr": t.stderr} for t in targets]
+    report_dir = out / "report"
+    report = write_report(_main_runs(results), report_dir)
+    figures = {
+        "learning_curves.png": plot_learning_curves(
+            {"FLAME": out / "train-flame" / "curves.csv", "CLIP": out / "train-clip" / "curves.csv"},
+            report_dir / "learning_curves.png"),
+        "data_efficiency.png": plot_data_efficiency(
+            results, {"FLAME": 1.0, **{f"FLAME {round(100 * f)}%": f for f in sizes.fractions}},
+            report_dir / "data_efficiency.png"),
+    }
+    _append_to_report(report["report"], targets_table(targets, markdown=True), figures)
+    (report_dir / "results_all_runs.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(console_table(_main_runs(results)))
+    print(targets_table(targets))
     print(f"[demo] total {timings['total'] / 60:.1f} min; report: {report['report']}")
     return results
+
+
+def _main_runs(results: dict) -> dict:
+    """The results of FLAME and CLIP only (the data-efficiency runs have their own figure)."""
+    keep = ("FLAME", "CLIP")
+    return {**results, "checkpoints": [c for c in results["checkpoints"] if c["label"] in keep],
+            "results": [r for r in results["results"] if r["checkpoint"] in keep]}
+
+
+def _append_to_report(report: Path, targets_md: str, figures: dict) -> None:
+    md = ["", "## The demo's targets", "", targets_md.rstrip("\n"), ""]
+    titles = {"learning_curves.png": "Learning curves: training and held-out recall against step",
+              "data_efficiency.png": "Data efficiency: FLAME on 25/50/100% of the scenes, CLIP on 100%"}
+    for name, path in figures.items():
+        if path is not None:
+            md += [f"### {titles[name]}", "", f"![{titles[name]}]({name})", ""]
+    with open(report, "a", encoding="utf-8") as f:
+        f.write("\n".join(md))
 
 
 def add_parser(sub):

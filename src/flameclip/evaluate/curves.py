@@ -141,7 +141,7 @@ def plot_learning_curves(runs: dict[str, str | Path], png: str | Path, metric: s
             sizes = [r["images"] for r in rows if r["column"] == col and r["set"] == "val"]
             chance = 100 / sizes[0] if sizes else chance
         if chance is not None:
-            ax.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.1f}%)")
+            ax.axhline(chance, color="grey", linestyle=":", label=f"held-out chance ({chance:.1f}%)")
         ax.set_title(f"caption column '{col}'")
         ax.set_xlabel("optimiser step")
         ax.set_ylabel(f"text->image {'R@1' if metric.endswith('r1') else 'R@5'} (%)")

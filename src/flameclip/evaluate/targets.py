@@ -28,11 +28,15 @@ class Target:
 
     @property
     def stderr(self) -> float | None:
-        """One standard error of a proportion near these figures: sqrt(p (1 - p) / n)."""
         if self.flame is None or self.clip is None or not self.n:
             return None
-        p = (self.flame + self.clip) / 2
-        return math.sqrt(max(p * (1 - p), 1e-12) / self.n)
+        return stderr(self.flame, self.clip, self.n)
+
+
+def stderr(a: float, b: float, n: int) -> float:
+    """One standard error of a proportion near a and b over n queries: sqrt(p (1 - p) / n), p their mean."""
+    p = (a + b) / 2
+    return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
 def _row(results: dict, label: str, task: str, dataset: str) -> dict | None:
@@ -65,10 +69,6 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
         met = None if f is None or c is None else bool(check(f, c))
         out.append(Target(name, metric, f, c, chance, n, rule, met))
 
-    def se(f, c, n):
-        p = (f + c) / 2
-        return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
-
     multi = _row(results, flame, "multilingual", "emoji-names")
     if multi is not None and "en" in multi.get("per_language", {}):
         en_f = multi["per_language"]["en"][T2I + "1"]
@@ -78,7 +78,7 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
             "FLAME >= 30%", lambda f, c: f >= 0.30)
     f, c = _both(_non_english_mean, results, flame, clip, "multilingual", "emoji-names", T2I + "1")
     n_img = _counts_images(results, "emoji-names")
-    add("glyph names in 13 other languages", "mean text→image R@1", f, c, 1 / n_img if n_img else None, n_img or 0,
+    add("glyph names in the other languages", "mean text→image R@1", f, c, 1 / n_img if n_img else None, n_img or 0,
         "FLAME >= 3x CLIP", lambda f, c: f >= 3 * c and f > 0)
     f, c = _both(_metric, results, flame, clip, "zeroshot", "emoji-glyphs", "acc1")
     n_cls = _counts(results, "emoji-glyphs", "classes")
@@ -92,21 +92,21 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
             f, c = _both(_metric, results, flame, clip, "retrieval", dataset, T2I + str(k))
             rule = "FLAME ahead by > 2 s.e." if wide else "FLAME ahead"
             add(label, f"text→image R@{k}", f, c, k / n_i if n_i else None, n, rule,
-                (lambda f, c, n=n: f - c > 2 * se(f, c, n)) if wide else (lambda f, c: f > c))
+                (lambda f, c, n=n: f - c > 2 * stderr(f, c, n)) if wide else (lambda f, c: f > c))
         f, c = _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_acc")
         chance = _metric(_row(results, flame, "retrieval", dataset), "group_image_retrieval_chance")
         add(label, "group score (caption picks its image in its group)", f, c, chance, n,
-            "FLAME ahead by > 2 s.e.", lambda f, c, n=n: f - c > 2 * se(f, c, n))
+            "FLAME ahead by > 2 s.e.", lambda f, c, n=n: f - c > 2 * stderr(f, c, n))
     f, c = _both(_metric, results, flame, clip, "retrieval", "scenes-short", T2I + "1")
     n = _counts(results, "scenes-short", "texts") or 0
     n_i = _counts(results, "scenes-short", "images") or 0
     add("short captions", "text→image R@1", f, c, 1 / n_i if n_i else None, n,
-        "FLAME not behind by > 1 s.e.", lambda f, c, n=n: c - f <= se(f, c, n))
+        "FLAME not behind by > 1 s.e.", lambda f, c, n=n: c - f <= stderr(f, c, n))
     f, c = _both(_metric, results, flame, clip, "linear_probe", "fashion-mnist-probe", "acc1")
     if f is not None or c is not None:
         n = _counts(results, "fashion-mnist-probe", "test") or 0
         add("Fashion-MNIST linear probe", "acc@1", f, c, 0.1, n, "FLAME not behind by > 1 s.e.",
-            lambda f, c, n=n: c - f <= se(f, c, n))
+            lambda f, c, n=n: c - f <= stderr(f, c, n))
     return out
 
 

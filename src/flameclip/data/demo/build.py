@@ -5,6 +5,8 @@
 writes, under the root::
 
     train/images/*.png  train/manifest.jsonl (id, image)  train/captions.jsonl (id, raw, short, long)
+    train/fit.jsonl, train/val.jsonl  the same scenes split: the last n_val are held out for validation
+                        (learning curves, choosing settings); the evaluation sets below are never used for that
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
     eval/long_retrieval.jsonl   long captions; groups of hard negatives that differ late in the text
     eval/novel_retrieval.jsonl  the same kind of groups, captioned by another writer (rephrase.py):
@@ -59,9 +61,9 @@ BUILD_VERSION = 2
 # cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
-    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, long_groups=50, group_size=4, n_short=200,
+    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, long_groups=50, group_size=4, n_short=200,
                 n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
-    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, long_groups=500, group_size=4, n_short=2000,
+    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, long_groups=500, group_size=4, n_short=2000,
                 n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
 
@@ -113,6 +115,8 @@ def _paths(root: Path) -> dict[str, Path]:
         "root": root,
         "train_images": root / "train" / "images",
         "train_manifest": root / "train" / "manifest.jsonl",
+        "fit_manifest": root / "train" / "fit.jsonl",
+        "val_manifest": root / "train" / "val.jsonl",
         "train_captions": root / "train" / "captions.jsonl",
         "train_scenes": root / "train" / "scenes.jsonl",
         "long_retrieval": root / "eval" / "long_retrieval.jsonl",
@@ -178,8 +182,14 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise TypeError(f"unknown size parameter(s): {', '.join(sorted(unknown))}")
     params = {"scale": scale, "seed": int(seed), **SCALES[scale]}
     params.update({k: int(v) for k, v in sizes.items() if v is not None})
+    if sizes.get("n_val") is None:  # a tenth of the scenes at most, when only n_train is given
+        params["n_val"] = min(params["n_val"], params["n_train"] // 10)
     if params["n_classes"] > params["vocab_size"] or params["n_multilingual"] > params["vocab_size"]:
         raise ValueError("n_classes and n_multilingual are drawn from the vocabulary: keep them <= vocab_size")
+    if not 0 <= params["sparse_percent"] <= 100:
+        raise ValueError(f"sparse_percent must be in 0..100, not {params['sparse_percent']}")
+    if not 0 <= params["n_val"] < params["n_train"]:
+        raise ValueError(f"n_val must be at least 0 and below n_train ({params['n_train']}), not {params['n_val']}")
     if params["group_size"] < 2:
         raise ValueError("a hard-negative group needs group_size >= 2")
     if params["fashion_train"] < 0 or params["fashion_test"] < 0:
@@ -192,6 +202,7 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
 
 def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, progress: bool = True,
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
+                    n_val: int | None = None, sparse_percent: int | None = None,
                     long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
                     n_multilingual: int | None = None, fashion_train: int | None = None,
@@ -206,7 +217,8 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     are skipped. Nothing else under ``root`` is touched.
     """
     root = Path(root)
-    params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train,
+    params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train, n_val=n_val,
+                            sparse_percent=sparse_percent,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
                             per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
                             fashion_test=fashion_test)
@@ -296,10 +308,15 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     for sub in ("long", "novel", "short", "zeroshot", "multilingual"):
         (ev / sub).mkdir(parents=True)
 
-    # Training scenes: 1-9 glyphs from the vocabulary; captions in English only.
+    # Training scenes: 1-9 glyphs from the vocabulary; captions in English only. sparse_percent of
+    # them (spread evenly) hold only 1-3 glyphs: there each glyph is large in the picture and in the
+    # caption, which is where a model learns what a glyph looks like (and their captions are short,
+    # so cheaper to embed).
     manifest, caps, scenes = [], [], []
     for i in range(p["n_train"]):
-        scene, im = _draw_unique(writer, seed, SPLIT_TRAIN, (i,), lambda rng: _scene_and_image(rng, vocab, S))
+        sparse = (i * p["sparse_percent"]) // 100 != ((i + 1) * p["sparse_percent"]) // 100
+        scene, im = _draw_unique(writer, seed, SPLIT_TRAIN, (i,),
+                                 lambda rng: _scene_and_image(rng, vocab, S, max_glyphs=3 if sparse else 9))
         sid = f"train-{i:06d}"
         writer.save(im, train / "images" / f"{sid}.png")
         manifest.append({"id": sid, "image": f"images/{sid}.png"})
@@ -307,6 +324,9 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         scenes.append({"id": sid, **scene.to_json()})
         bar.update()
     _write_jsonl(train / "manifest.jsonl", manifest)
+    cut = len(manifest) - p["n_val"]
+    _write_jsonl(train / "fit.jsonl", manifest[:cut])
+    _write_jsonl(train / "val.jsonl", manifest[cut:])
     _write_jsonl(train / "captions.jsonl", caps)
     _write_jsonl(train / "scenes.jsonl", scenes)
 
@@ -356,6 +376,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
 
     return {
         "train_images": len(manifest),
+        "held_out_for_validation": p["n_val"],
         "long_retrieval": {"images": len(long_rows), "groups": p["long_groups"]},
         "novel_retrieval": {"images": len(novel_rows), "groups": p["long_groups"]},
         "short_retrieval": {"images": len(short_rows)},
@@ -396,8 +417,8 @@ def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split
     return rows
 
 
-def _scene_and_image(rng, vocab, size):
-    scene = sample_scene(rng, vocab, size)
+def _scene_and_image(rng, vocab, size, max_glyphs: int = 9):
+    scene = sample_scene(rng, vocab, size, n=int(rng.integers(1, max_glyphs + 1)))
     return scene, render_scene(scene)
 
 

@@ -1,0 +1,116 @@
+"""The demo's validation sweep: the same settings tried for FLAME and for the CLIP baseline.
+
+Both sides train on the demo's fit scenes for the demo's number of steps and are scored on the
+validation split (scenes held out of the training set, never the evaluation sets). The score is
+held-out text->image R@5 averaged over the alt-text ("raw") and long-caption columns, read from
+each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the winners here.
+
+    python benchmarks/sweep_demo.py --demo runs/demo            # after the demo's data and store exist
+    python benchmarks/sweep_demo.py --demo runs/demo --side clip --only softmax-lr2e-3
+
+Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+# name -> overrides; one grid for both sides, then what only one side has (a text adapter, centring
+# for FLAME; the text tower's size for CLIP).
+BIAS = -round(math.log(32), 2)  # -log(batch): the sigmoid loss's prior that 1 text in 32 matches
+GRID = {
+    "sigmoid-b10-lr1e-3 (reference init)": ["loss=\"sigmoid\"", "lr=1e-3", "model.init_logit_bias=-10.0"],
+    "sigmoid-b3.5-lr1e-3": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}"],
+    "sigmoid-b3.5-lr2e-3": ["loss=\"sigmoid\"", "lr=2e-3", f"model.init_logit_bias={BIAS}"],
+    "softmax-lr1e-3": ["loss=\"softmax\"", "lr=1e-3"],
+    "softmax-lr2e-3": ["loss=\"softmax\"", "lr=2e-3"],
+}
+FLAME_ONLY = {
+    "sigmoid-b3.5-lr1e-3 global-centring": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                            "model.text_center=true"],
+    "sigmoid-b3.5-lr1e-3 adapter-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                      "model.text_adapter_depth=1"],
+}
+CLIP_ONLY = {
+    "sigmoid-b3.5-lr1e-3 text-256x4": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                       "model.clip_width=256", "model.clip_layers=4"],
+}
+
+
+def side_settings(side: str, demo: Path, sizes, store: Path, captions: Path) -> list[str]:
+    if side == "flame":
+        return [f"store=\"{store}\"", "positives=6", "model.text_center=\"prompt\""]
+    return [f"captions=\"{captions}\"", "text_columns=[\"raw\",\"short\",\"long\"]", "model.text_tower=\"clip\"",
+            "model.embed_dim=256", "model.clip_heads=4", f"model.clip_width={sizes.clip_width}",
+            f"model.clip_layers={sizes.clip_layers}"]
+
+
+def score(curves: Path) -> dict:
+    from flameclip.evaluate.curves import read_curves
+
+    rows = read_curves(curves)
+    last = max(r["step"] for r in rows)
+    final = {f"{r['set']}/{r['column']}": r for r in rows if r["step"] == last}
+    out = {k: {"r1": round(100 * v["t2i_r1"], 1), "r5": round(100 * v["t2i_r5"], 1)} for k, v in final.items()}
+    out["score"] = round((out["val/raw"]["r5"] + out["val/long"]["r5"]) / 2, 2)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--demo", default="runs/demo")
+    ap.add_argument("--side", choices=["flame", "clip", "both"], default="both")
+    ap.add_argument("--only", nargs="*", help="run only these setting names")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    from flameclip.config import load_config
+    from flameclip.demo import SIZES, _common, store_dir
+    from flameclip.train import train
+
+    demo = Path(args.demo)
+    sizes = SIZES["cpu"]
+    data = demo / "data" / "train"
+    store, captions = store_dir(demo, "smollm2-135m"), data / "captions.jsonl"
+    if not store.exists():
+        raise SystemExit(f"{store} not found: run `flameclip demo --out {demo}` (at least its embed step) first")
+    sides = ["flame", "clip"] if args.side == "both" else [args.side]
+    table = []
+    # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.
+    plan = [(side, name, o) for name, o in GRID.items() for side in sides]
+    plan += [("flame", n, o) for n, o in FLAME_ONLY.items() if "flame" in sides]
+    plan += [("clip", n, o) for n, o in CLIP_ONLY.items() if "clip" in sides]
+    for side, name, overrides in plan:
+        if args.only and name not in args.only:
+            continue
+        run = demo / "sweep" / side / name.replace(" ", "_").replace("(", "").replace(")", "")
+        if not (run / "done.json").exists():
+            cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
+                                     f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
+                                     "eval_columns=[\"raw\",\"long\"]",
+                                     *side_settings(side, demo, sizes, store, captions),
+                                     *_common(sizes, run, args.workers, "fp32"), *overrides])
+            t0 = time.perf_counter()
+            train(cfg, progress=False)
+            (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))
+        res = json.loads((run / "done.json").read_text())
+        table.append((side, name, res))
+        print(f"{side:5s}  {name:42s}  score {res['score']:5.1f}  val raw R@1/R@5 {res['val/raw']['r1']:4.1f}/"
+              f"{res['val/raw']['r5']:4.1f}  val long {res['val/long']['r1']:4.1f}/{res['val/long']['r5']:4.1f}  "
+              f"train long {res['train/long']['r1']:4.1f}/{res['train/long']['r5']:4.1f}  {res['seconds']:.0f} s",
+              flush=True)
+    n_val = sizes.n_val
+    print(f"\nchance: R@1 {100 / n_val:.1f}, R@5 {500 / n_val:.1f} (held-out scenes: {n_val})")
+    for side in sides:
+        best = max((r for r in table if r[0] == side), key=lambda r: r[2]["score"], default=None)
+        if best:
+            print(f"best {side}: {best[1]} (score {best[2]['score']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Text centring: one mean, or one per prompt facet, the same in training and at query time."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flameclip.config import load_config
+from flameclip.data.centering import CenteredStore, row_facets, store_means
+from flameclip.inference import load
+from flameclip.model import FlameModel, ModelConfig
+from flameclip.store import EmbeddingStore
+from flameclip.train import train
+
+from .test_train import TINY, data  # noqa: F401  (the module-scoped fixture: shapes + a real store)
+
+
+def test_facet_means_are_per_prompt_facet(data):  # noqa: F811
+    store = EmbeddingStore(data["store"])
+    assert row_facets(store) == ["single:0", "short3:0", "short3:1", "short3:2"]
+    mean, names, means = store_means(store)
+    rows = np.stack([store.get(i) for i in store.ids()])  # [N, 4, D], read independently
+    assert names == ["single:0", "short3:0", "short3:1", "short3:2"]
+    assert np.allclose(means.numpy(), rows.mean(axis=0), atol=1e-5)
+    assert np.allclose(mean.numpy(), rows.reshape(-1, rows.shape[-1]).mean(axis=0), atol=1e-5)
+    view = CenteredStore(store, names, means)
+    sid = next(iter(store.ids()))
+    assert np.allclose(view.get(sid), store.get(sid) - rows.mean(axis=0), atol=1e-5)
+    assert np.allclose(view.get_column(sid, "short"), store.get_column(sid, "short") - rows.mean(axis=0)[1:], atol=1e-5)
+    # After centring, each facet averages to zero over the store.
+    assert np.abs(np.stack([view.get(i) for i in store.ids()]).mean(axis=0)).max() < 1e-4
+
+
+def test_prompt_centring_at_query_time_matches_training(data, tmp_path):  # noqa: F811
+    """A caption encoded at query time lands where its stored rows did in training (cosine 1)."""
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={out}",
+                             "batch_size=8", "positives=2", "max_steps=3", "save_every=100",
+                             'model.text_center="prompt"', *TINY])
+    res = train(cfg, progress=False)
+    m = load(res.checkpoint, text_cache=tmp_path / "cache")
+    assert m.cfg.text_facets == ["single:0", "short3:0", "short3:1", "short3:2"]
+    store = EmbeddingStore(data["store"])
+    _, names, means = store_means(store)
+    view = CenteredStore(store, names, means)
+    caps = [json.loads(line) for line in data["captions"].read_text().splitlines()][:6]
+    for col, mode in (("raw", "single"), ("short", "short3")):
+        stored = torch.from_numpy(np.stack([view.get_column(c["id"], col).mean(0) for c in caps]))
+        want = m.model.encode_text(stored).float()
+        got = m.encode_text([c[col] for c in caps], mode=mode)
+        cos = torch.nn.functional.cosine_similarity(want, got, dim=-1)
+        assert cos.min() > 0.9999, (col, cos)
+    # A prompt set the model never saw falls back to the mean of all rows instead of failing.
+    states = torch.randn(2, 7, m.model.cfg.text_dim)
+    assert torch.allclose(m.model.center_states(states, "long7"), states - m.model.text_mean)
+
+
+def test_text_center_setting_is_checked():
+    with pytest.raises(ValueError, match="text_center"):
+        FlameModel(ModelConfig(text_center="per-row"))
+    assert ModelConfig(text_center=True).center_mode == "global"
+    assert ModelConfig(text_center=False).center_mode == "none"
