@@ -27,11 +27,8 @@ GRID = {
     "sigmoid-b3.5-lr1e-3": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}"],
     "sigmoid-b3.5-lr2e-3": ["loss=\"sigmoid\"", "lr=2e-3", f"model.init_logit_bias={BIAS}"],
     "softmax-lr1e-3": ["loss=\"softmax\"", "lr=1e-3"],
-    "softmax-lr2e-3": ["loss=\"softmax\"", "lr=2e-3"],
 }
 FLAME_ONLY = {
-    "sigmoid-b3.5-lr1e-3 global-centring": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                            "model.text_center=true"],
     "sigmoid-b3.5-lr1e-3 adapter-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
                                       "model.text_adapter_depth=1"],
 }

@@ -235,7 +235,7 @@ def test_suite_parses_and_points_at_files(built):
     data = tomllib.loads(suite.read_text(encoding="utf-8"))
     tasks = {t["name"]: t for t in data["task"]}
     # (plus the Fashion-MNIST tasks where that dataset is installed: tests/test_fashion_mnist.py)
-    assert {"emoji-glyphs", "scenes-long", "scenes-short", "emoji-names"} <= set(tasks)
+    assert {"emoji-glyphs", "scenes-long", "scenes-novel-phrasing", "scenes-short", "emoji-names"} <= set(tasks)
     assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "single"
     for t in data["task"]:
         for key in ("path", "train", "test"):

@@ -275,7 +275,7 @@ def test_suite_leaves_them_out_with_one_line_when_absent_and_follows_an_install(
     err = capsys.readouterr().err.strip().splitlines()
     note = [line for line in err if "Fashion-MNIST" in line]
     assert len(note) == 1 and "skipped" in note[0] and "apt-get install dataset-fashion-mnist" in note[0]
-    assert set(_tasks(paths["suite"])) == {"emoji-glyphs", "scenes-long", "scenes-short", "emoji-names"}
+    assert set(_tasks(paths["suite"])) == {"emoji-glyphs", "scenes-long", "scenes-novel-phrasing", "scenes-short", "emoji-names"}
     assert not paths["fashion_mnist"].exists()
 
     # Installed later: the next call adds the tasks without drawing the emoji sets again.
