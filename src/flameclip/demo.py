@@ -54,8 +54,12 @@ SIZES = {
                       image_size=32, eval_every=3),
 }
 
-# Each side's settings, chosen on the validation split by the sweep in BENCHMARKS.md ("demo sweep").
-FLAME_SETTINGS = ["loss=\"softmax\"", "lr=1e-3", "positives=6", "model.text_center=\"prompt\""]
+# Each side's settings, chosen on the validation split by benchmarks/sweep_demo.py (BENCHMARKS.md,
+# "demo sweep"): the same grid of loss, initial bias and learning rate for both, plus a text adapter
+# for FLAME and a wider, deeper text tower for CLIP. The sigmoid loss's bias starts at -ln(32), the
+# prior of one match in a batch of 32 (the reference's -10 is that prior for SigLIP's 32k batches).
+FLAME_SETTINGS = ["loss=\"sigmoid\"", "lr=1e-3", "model.init_logit_bias=-3.47", "positives=6",
+                  "model.text_center=\"prompt\""]
 CLIP_SETTINGS = ["loss=\"softmax\"", "lr=1e-3", "model.embed_dim=256", "model.clip_heads=4"]
 DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
 
