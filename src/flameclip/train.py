@@ -38,7 +38,7 @@ from .data.images import (
 )
 from .data.centering import CenteredStore, store_means
 from .data.transforms import eval_transform, train_transform
-from .evaluate.curves import CurveLog, recall
+from .evaluate.curves import CurveLog, recall, start_csv
 from .losses import build_loss
 from .model import FlameModel
 
@@ -176,14 +176,7 @@ class MetricsLog:
 
     def __init__(self, out: Path, resume_step: int | None):
         self.path = out / "metrics.csv"
-        rows = []
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        start_csv(self.path, self.fields, resume_step)
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -80,6 +80,19 @@ def recall(model, rs: RecallSet, device, batch_size: int = 64) -> dict[str, floa
     return out
 
 
+def start_csv(path: Path, fields: list[str], resume_step: int | None) -> None:
+    """Start an append-only per-step CSV: empty, or on resume its rows up to ``resume_step`` (a
+    resumed run writes the later steps again, so they must not appear twice)."""
+    rows = []
+    if resume_step is not None and path.exists():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
 class CurveLog:
     """``curves.csv`` in a run folder: one row per (step, set, column) with its recall figures."""
 
@@ -87,14 +100,7 @@ class CurveLog:
 
     def __init__(self, out: Path, resume_step: int | None):
         self.path = Path(out) / "curves.csv"
-        rows = []
-        if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.fields)
-            w.writeheader()
-            w.writerows(rows)
+        start_csv(self.path, self.fields, resume_step)
 
     def log(self, step: int, sizes: dict[str, int], result: dict[str, float]) -> None:
         by_key: dict[tuple[str, str], dict] = {}
