@@ -38,7 +38,7 @@ from .data.images import (
 )
 from .data.centering import CenteredStore, store_means
 from .data.transforms import eval_transform, train_transform
-from .evaluate.curves import CurveLog, recall, start_csv
+from .evaluate.curves import CurveLog, build_recall_set, recall, start_csv
 from .losses import build_loss
 from .model import FlameModel
 
@@ -237,8 +237,6 @@ def plot_losses(out: Path) -> Path | None:
 
 def build_recall_sets(cfg: TrainConfig, train_ds, centering: tuple | None = None) -> list:
     """Recall sets for the learning curves: training images and, when given, held-out ones."""
-    from .evaluate.curves import build_recall_set
-
     text = train_ds.text
     trained = cfg.text_columns or (list(text.store.columns) if hasattr(text, "store") else text.columns)
     columns = cfg.eval_columns or trained
