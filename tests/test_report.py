@@ -255,3 +255,12 @@ def test_empty_results_have_no_figures(tmp_path):
     paths = write_report(results, tmp_path)
     assert set(paths) == {"results", "report"}
     assert "![" not in paths["report"].read_text(encoding="utf-8")
+
+
+def test_group_scores_have_names_for_people():
+    results = _results()
+    results["results"].append({"checkpoint": "FLAME", "task": "retrieval", "dataset": "groups", "mode": "long7",
+                               "metrics": {"group_image_retrieval_acc": 0.37, "group_image_retrieval_chance": 0.25}})
+    md = markdown_table(results)
+    assert _row(md, "retrieval", "groups (long7)", "text→image group score")[0] == "37.0"
+    assert _row(md, "retrieval", "groups (long7)", "text→image group score, chance")[0] == "25.0"

@@ -63,7 +63,11 @@ _RECALL = re.compile(r"^(image|text)_retrieval_recall@(\d+)$")
 
 # Metrics are listed in this order within a (task, dataset, mode); recall@K sorts by K.
 _METRIC_ORDER = ("acc1", "acc5", "mean_per_class_recall")
-_METRIC_NAMES = {"acc1": "acc@1", "acc5": "acc@5", "mean_per_class_recall": "mean per-class recall"}
+_METRIC_NAMES = {"acc1": "acc@1", "acc5": "acc@5", "mean_per_class_recall": "mean per-class recall",
+                 "group_image_retrieval_acc": "text→image group score",
+                 "group_text_retrieval_acc": "image→text group score",
+                 "group_image_retrieval_chance": "text→image group score, chance",
+                 "group_text_retrieval_chance": "image→text group score, chance"}
 
 
 # -----------------------------------------------------------------------------
