@@ -38,7 +38,7 @@ CLIP_ONLY = {
 }
 
 
-def side_settings(side: str, demo: Path, sizes, store: Path, captions: Path) -> list[str]:
+def side_settings(side: str, sizes, store: Path, captions: Path) -> list[str]:
     if side == "flame":
         return [f"store=\"{store}\"", "positives=6", "model.text_center=\"prompt\""]
     return [f"captions=\"{captions}\"", "text_columns=[\"raw\",\"short\",\"long\"]", "model.text_tower=\"clip\"",
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
                                      "eval_columns=[\"raw\",\"long\"]",
-                                     *side_settings(side, demo, sizes, store, captions),
+                                     *side_settings(side, sizes, store, captions),
                                      *_common(sizes, run, args.workers, "fp32"), *overrides])
             t0 = time.perf_counter()
             train(cfg, progress=False)

@@ -73,11 +73,11 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
     if multi is not None and "en" in multi.get("per_language", {}):
         en_f = multi["per_language"]["en"][T2I + "1"]
         en_c = (_row(results, clip, "multilingual", "emoji-names") or {}).get("per_language", {}).get("en", {}).get(T2I + "1")
-        n_en = _counts_images(results, "emoji-names")
+        n_en = _counts(results, "emoji-names", "images")
         add("glyph name -> image (English)", "text→image R@1", en_f, en_c, 1 / n_en if n_en else None, n_en or 0,
             "FLAME >= 30%", lambda f, c: f >= 0.30)
     f, c = _both(_non_english_mean, results, flame, clip, "multilingual", "emoji-names", T2I + "1")
-    n_img = _counts_images(results, "emoji-names")
+    n_img = _counts(results, "emoji-names", "images")
     add("glyph names in the other languages", "mean text→image R@1", f, c, 1 / n_img if n_img else None, n_img or 0,
         "FLAME >= 3x CLIP", lambda f, c: f >= 3 * c and f > 0)
     f, c = _both(_metric, results, flame, clip, "zeroshot", "emoji-glyphs", "acc1")
@@ -115,11 +115,6 @@ def _counts(results: dict, dataset: str, key: str) -> int | None:
         if r["dataset"] == dataset and key in r.get("counts", {}):
             return int(r["counts"][key])
     return None
-
-
-def _counts_images(results: dict, dataset: str) -> int | None:
-    """Images per language of a multilingual set (every language names every image)."""
-    return _counts(results, dataset, "images")
 
 
 def _pct(v: float | None) -> str:
