@@ -54,5 +54,8 @@ def test_bad_prompt_sets_are_refused(tmp_path):
 def test_clean_caption_matches_the_reference_rules():
     assert clean_caption('a "big" dog') == "a 'big' dog."
     assert clean_caption("Ends well.") == "Ends well."
-    assert clean_caption("  spaced\n out  ") == "spaced out."
+    assert clean_caption("  spaced\n out  ") == "spaced\n out."  # only the ends are stripped
+    assert clean_caption("a table?") == "a table."  # not "a table?."
+    assert clean_caption('he said "hi"') == "he said 'hi'"  # a final quote needs no full stop
+    assert clean_caption("tab\tinside") == "tab\tinside."
     assert clean_caption("   ") == ""

@@ -9,6 +9,7 @@ a bare word that is not a TOML literal is taken as a string).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
@@ -96,7 +97,9 @@ def _apply(obj, data: dict, where: str):
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"{where}: unknown setting '{key}' (known: {', '.join(sorted(names))})")
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(names))}"
+            raise ValueError(f"{where}: unknown setting '{key}' ({hint})")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -135,7 +138,33 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
             cur = cur.setdefault(part, {})
         cur[parts[-1]] = _parse_value(text.strip())
         _apply(cfg, nested, "override")
+    validate_config(cfg)
     return cfg
+
+
+# Settings that must be at least this (a zero or negative one would divide by zero, train on nothing
+# or write a NaN loss into a checkpoint).
+MINIMUM = {"positives": 1, "batch_size": 1, "grad_accum": 1, "epochs": 1, "max_steps": 0, "warmup_steps": 0,
+           "save_every": 1, "keep_checkpoints": 0, "log_every": 1, "eval_every": 0, "eval_images": 1}
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Refuse settings no run can use, naming the key; called on load and again by ``train``."""
+    for key, low in MINIMUM.items():
+        if getattr(cfg, key) < low:
+            raise ValueError(f"setting '{key}' must be at least {low}, got {getattr(cfg, key)}")
+    if not cfg.lr >= 0:  # 0 is allowed: it trains nothing, which tests and dry runs use
+        raise ValueError(f"setting 'lr' must be >= 0, got {cfg.lr}")
+    if cfg.weight_decay < 0 or cfg.grad_clip < 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ValueError("settings 'weight_decay' and 'grad_clip' must be >= 0 and 'min_lr_ratio' in [0, 1]")
+    from .losses import LOSSES
+
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"setting 'loss' must be one of {', '.join(sorted(LOSSES))}, got {cfg.loss!r}")
+    try:
+        cfg.model.validate()
+    except ValueError as e:
+        raise ValueError(f"model.{e}") from None
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -6,8 +6,9 @@ come through :class:`flameclip.inference.FlameCLIP`, whose LLM outputs are cache
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -31,7 +32,35 @@ class TaskSpec:
     train: str = ""  # linear probe
     test: str = ""
     language_column: str = "language"
-    options: dict = field(default_factory=dict)
+
+
+# What each task cannot run without.
+REQUIRED = {"zeroshot": ("path",), "retrieval": ("path",), "multilingual": ("path",), "linear_probe": ("train", "test")}
+
+
+def _check_task(p: Path, i: int, t: dict) -> None:
+    """One line naming the task and the key for every mistake a hand-written suite can hold."""
+    where = f"{p}: task {i + 1}" + (f" ({t['name']!r})" if isinstance(t.get("name"), str) else "")
+    if t.get("task") not in TASKS:
+        raise ValueError(f"{where} has task = {t.get('task')!r}; choose one of {', '.join(TASKS)}")
+    known = [f.name for f in fields(TaskSpec)]
+    for key in t:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise ValueError(f"{where}: unknown key '{key}'{hint}")
+    if not isinstance(t.get("name"), str) or not t["name"].strip():
+        raise ValueError(f"{where}: needs name = \"...\" (the dataset's name in the results)")
+    for key in REQUIRED[t["task"]]:
+        if not isinstance(t.get(key), str) or not t[key].strip():
+            raise ValueError(f"{where}: a {t['task']} task needs {key} = \"...\" (relative to the suite's folder)")
+    types = {"mode": str, "language_column": str, "templates": list, "classnames": list}
+    for key, tp in types.items():
+        if key in t and not isinstance(t[key], tp):
+            raise ValueError(f"{where}: {key} must be a {tp.__name__}, got {t[key]!r}")
+    for key in ("templates", "classnames"):
+        if key in t and not all(isinstance(x, str) for x in t[key]):
+            raise ValueError(f"{where}: every entry of {key} must be a string")
 
 
 def load_suite(path: str | Path) -> list[TaskSpec]:
@@ -39,14 +68,20 @@ def load_suite(path: str | Path) -> list[TaskSpec]:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: evaluation suite not found")
-    data = tomllib.loads(p.read_text(encoding="utf-8"))
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p}: not valid TOML ({e})") from None
+    unknown = sorted(set(data) - {"task"})
+    if unknown:
+        raise ValueError(f"{p}: unknown top-level key(s) {', '.join(unknown)}; a suite holds only [[task]] tables")
+    tasks = data.get("task", [])
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise ValueError(f"{p}: 'task' must be [[task]] tables")
     specs = []
-    for i, t in enumerate(data.get("task", [])):
-        if t.get("task") not in TASKS:
-            raise ValueError(f"{p}: task {i + 1} has task = {t.get('task')!r}; choose one of {', '.join(TASKS)}")
-        known = set(TaskSpec.__dataclass_fields__)
-        extra = {k: v for k, v in t.items() if k not in known}
-        spec = TaskSpec(**{k: v for k, v in t.items() if k in known}, options=extra)
+    for i, t in enumerate(tasks):
+        _check_task(p, i, t)
+        spec = TaskSpec(**t)
         for key in ("path", "train", "test"):  # relative paths start at the suite's folder
             v = getattr(spec, key)
             if v and not Path(v).is_absolute():

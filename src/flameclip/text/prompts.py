@@ -30,6 +30,10 @@ class PromptSet:
     description: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.prefix, str):
+            raise ValueError(f"prompt set '{self.name}': the prefix must be a string")
+        if not all(isinstance(p, str) and p for p in self.prompts) or not all(isinstance(f, str) for f in self.facet_names):
+            raise ValueError(f"prompt set '{self.name}': prompts and facet_names must be lists of non-empty strings")
         if self.prefix.count("{caption}") != 1:
             raise ValueError(f"prompt set '{self.name}': the prefix must contain '{{caption}}' exactly once")
         if not self.prompts:
@@ -62,6 +66,11 @@ class PromptSet:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptSet":
+        for key in ("prompts", "facet_names"):
+            # tuple("abc") would silently make three one-character prompts
+            if key in d and not isinstance(d[key], list):
+                raise ValueError(f"prompt set {d.get('name')!r}: '{key}' must be a list of strings, "
+                                 f"got {type(d[key]).__name__}")
         return cls(
             name=d["name"],
             prefix=d["prefix"],
@@ -85,16 +94,20 @@ def load_prompt_set(name_or_path: str | PromptSet) -> PromptSet:
         )
     try:
         return PromptSet.from_dict(json.loads(path.read_text("utf-8")))
-    except (KeyError, json.JSONDecodeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ValueError(f"{path}: not a valid prompt set file ({e}); expected JSON with name, prefix, prompts") from e
 
 
 def clean_caption(caption: str) -> str:
-    """The reference clean-up: strip, double quotes become single, end with a full stop.
+    """The reference clean-up: strip the ends, double quotes become single, and end with a full stop.
 
-    Double quotes would close the quoted caption inside the prompt early.
+    Double quotes would close the quoted caption inside the prompt early. As in the reference, a
+    caption that already ends in ``.``, ``?`` or a quote gets no extra full stop, a final ``?`` then
+    becomes ``.``, and whitespace inside the caption (tabs, newlines) is left as it is.
     """
-    text = " ".join(caption.split()).replace('"', "'")
-    if text and not text.endswith("."):
+    text = caption.strip().replace('"', "'")
+    if text and text[-1] not in ".?'":
         text += "."
+    if text.endswith("?"):
+        text = text[:-1] + "."
     return text

@@ -49,6 +49,21 @@ class ImageTower(nn.Module):
         self.trunk.set_grad_checkpointing(enable)
 
 
+def check_vision_name(name: str) -> None:
+    """Only "custom" or a timm architecture: "hf-hub:..." would reach the network, and "local-dir:..."
+    would read another project's folder, even with pretrained=False."""
+    if name == "custom":
+        return
+    if ":" in name:
+        raise ValueError(f"vision = {name!r} names a hub or folder source; flameclip builds its image tower from "
+                         "a timm architecture name (e.g. 'vit_base_patch16_224') or 'custom', and never downloads")
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        raise ValueError(f"vision = {name!r} is not a timm architecture" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def build_image_tower(cfg: ModelConfig) -> ImageTower:
     """A randomly initialised ViT: a timm model by name, or a small one from ``cfg`` ("custom").
 
