@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flameclip.model import CONFIG_NAME, MODEL_FORMAT, WEIGHTS_NAME, FlameModel, ModelConfig, ModelLoadError
+from flameclip.model import CONFIG_NAME, MODEL_FORMAT, WEIGHTS_NAME, FlameModel, ModelConfig, ModelLoadError, file_sha256
 
 # 16 px images in 4 px patches: 16 patch tokens, plus timm's CLS token that must be dropped.
 TINY = dict(image_size=16, patch_size=4, vision_width=16, vision_depth=2, vision_heads=2, text_dim=12)
@@ -158,6 +158,10 @@ def test_load_rejects_extra_and_missing_keys(tmp_path):
     del state["projector.fc1.bias"]
     state["surplus.weight"] = torch.zeros(2)
     save_file(state, str(tmp_path / WEIGHTS_NAME))
+    # Made by something else, with a digest that matches: the keys are what must be named.
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    meta["weights_sha256"] = file_sha256(str(tmp_path / WEIGHTS_NAME))
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError) as err:
         FlameModel.from_pretrained(str(tmp_path))
     msg = str(err.value)

@@ -12,6 +12,7 @@ code). The LLM itself is never stored; ``ModelConfig.llm`` records which LLM mad
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,7 +26,10 @@ from safetensors.torch import load_file, save_file
 from .store.atomic import fsync_dir, fsync_file, tmp_name, write_tmp_bytes
 from .vision import TokenProjector, build_image_tower
 
-MODEL_FORMAT = "flameclip-model/1"
+# /2 records the sha256 of model.safetensors in config.json and checks it on load; /1 folders (no
+# digest) still load.
+MODEL_FORMAT = "flameclip-model/2"
+READABLE_FORMATS = ("flameclip-model/1", MODEL_FORMAT)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 TEXT_TOWERS = ("llm", "clip")
@@ -89,6 +93,20 @@ class ModelConfig:
             raise ValueError("text_adapter_depth applies to FLAME's frozen LLM states (text_tower='llm') only")
         if not 0.0 <= self.vision_drop_path < 1.0:
             raise ValueError(f"vision_drop_path must be in [0, 1), got {self.vision_drop_path}")
+        from .vision.tower import check_vision_name
+
+        try:
+            check_vision_name(self.vision)
+        except ValueError as e:
+            raise ValueError(str(e).replace("vision = ", "vision: ", 1)) from None
+        for key in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads", "clip_context_length",
+                    "clip_width", "clip_layers", "clip_heads"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if self.vision == "custom" and self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.vision == "custom" and self.vision_width % self.vision_heads:
+            raise ValueError(f"vision_width {self.vision_width} must be a multiple of vision_heads {self.vision_heads}")
         if self.init_logit_scale <= 0 or self.max_logit_scale <= 0:
             raise ValueError("init_logit_scale and max_logit_scale must be positive")
 
@@ -113,6 +131,11 @@ def _name_list(names: list[str], limit: int = 8) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
@@ -309,12 +332,12 @@ class FlameModel(nn.Module):
         weights = os.path.join(directory, WEIGHTS_NAME)
         config = os.path.join(directory, CONFIG_NAME)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        meta = {**asdict(self.cfg), "format": MODEL_FORMAT}
         tmp_weights = tmp_name(weights)
         tmp_config = None
         try:
             save_file(tensors, tmp_weights, metadata={"format": "pt", "flameclip": MODEL_FORMAT})
             fsync_file(tmp_weights)
+            meta = {**asdict(self.cfg), "format": MODEL_FORMAT, "weights_sha256": file_sha256(tmp_weights)}
             tmp_config = write_tmp_bytes(config, (json.dumps(meta, indent=2) + "\n").encode())
             if os.path.exists(config):
                 os.remove(config)
@@ -333,15 +356,31 @@ class FlameModel(nn.Module):
         absent = [n for n in (WEIGHTS_NAME, CONFIG_NAME) if not os.path.isfile(os.path.join(directory, n))]
         if absent:
             raise FileNotFoundError(f"{directory} is not a flameclip model folder: no {' and no '.join(absent)}")
-        with open(config, encoding="utf-8") as f:
-            raw = json.load(f)
+        try:
+            with open(config, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"{config}: not a readable model config ({e}); the checkpoint is damaged") from None
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{config}: not a flameclip model config (a JSON object was expected)")
         fmt = raw.pop("format", None)
-        if fmt != MODEL_FORMAT:
-            raise ModelLoadError(f"{config}: format {fmt!r}, expected {MODEL_FORMAT!r}")
+        if fmt not in READABLE_FORMATS:
+            raise ModelLoadError(f"{config}: format {fmt!r}, expected {MODEL_FORMAT!r}: not saved by flameclip")
+        digest = raw.pop("weights_sha256", None)
+        if fmt == MODEL_FORMAT and (not digest or file_sha256(weights) != digest):
+            raise ModelLoadError(f"{weights} does not match the digest recorded in its config.json: the file is damaged "
+                                 "or was replaced; use another checkpoint (training keeps the last two)")
         known = {f.name for f in fields(ModelConfig)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ModelLoadError(f"{config}: unknown config fields {', '.join(unknown)}")
-        model = cls(ModelConfig(**raw))
-        load_state_dict_strict(model, load_file(weights, device="cpu"), source=weights)
+        try:
+            model = cls(ModelConfig(**raw))
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{config}: the model config cannot be built ({e})") from None
+        try:
+            state = load_file(weights, device="cpu")
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own types for truncated files
+            raise ModelLoadError(f"{weights}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
+        load_state_dict_strict(model, state, source=weights)
         return model.to(map_location)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .config import TrainConfig, save_config
+from .config import TrainConfig, save_config, validate_config
 from .data.images import (
     CaptionTokens,
     DataError,
@@ -259,11 +259,19 @@ def build_recall_sets(cfg: TrainConfig, train_ds, centering: tuple | None = None
 # The loop
 
 
-def train_step(ddp_model, model: FlameModel, loss_fn, opt, micro_batches, device, autocast, grad_clip: float = 0.0):
-    """One optimiser step over ``micro_batches`` of (images, texts); returns the summed loss (a tensor).
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being a finite number; the weights were not updated with it."""
+
+
+def train_step(ddp_model, model: FlameModel, loss_fn, opt, micro_batches, device, autocast, grad_clip: float = 0.0,
+               world_size: int = 1):
+    """One optimiser step over ``micro_batches`` of (images, texts); returns the loss (a tensor),
+    averaged over processes.
 
     With gradient accumulation each micro-batch is its own contrastive problem (its negatives are
-    the texts of that micro-batch across processes), and the losses are averaged.
+    the texts of that micro-batch across processes), and the losses are averaged. A loss that is not
+    finite raises ``TrainingDiverged`` before the optimiser step, on every process alike (the check
+    reads the global loss), so the weights and the last checkpoint stay as they were.
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=device)
@@ -277,6 +285,11 @@ def train_step(ddp_model, model: FlameModel, loss_fn, opt, micro_batches, device
                            outs["logit_scale"].float(), outs["logit_bias"].float()) / n
             loss.backward()
         loss_sum += loss.detach()
+    if world_size > 1:  # the global loss: every process takes the same decision below
+        dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+    if not torch.isfinite(loss_sum):
+        opt.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"the loss is {float(loss_sum)}")
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
@@ -295,7 +308,31 @@ class TrainResult:
     eval: dict
 
 
+def check_resume(ckpt: Path, saved: FlameModel, cfg: TrainConfig) -> None:
+    """Refuse to resume a checkpoint with another model or another store than it was trained on.
+
+    Runs before anything is written, so a refused resume leaves every checkpoint in place.
+    """
+    from dataclasses import asdict
+
+    was, now = asdict(saved.cfg), asdict(cfg.model)
+    if cfg.model.text_tower == "llm" and was.get("llm") != now.get("llm"):
+        def name(fp):
+            return f"{fp.get('llm')} (weights {str(fp.get('weights_sha256'))[:12]}, layer {fp.get('layer')})"
+
+        raise DataError(f"cannot resume {ckpt}: it was trained on a store embedded by {name(was.get('llm') or {})}, "
+                        f"but {cfg.store} was embedded by {name(now.get('llm') or {})}; "
+                        "use the store it was trained on, or start a new run in another out folder")
+    # grad_checkpointing trades memory for time and may change between runs; nothing else may.
+    differ = sorted(k for k in was if k not in ("llm", "grad_checkpointing") and was[k] != now.get(k))
+    if differ:
+        listed = "; ".join(f"model.{k} {was[k]!r} in the checkpoint, {now.get(k)!r} now" for k in differ[:4])
+        raise DataError(f"cannot resume {ckpt}: the model differs ({listed}); "
+                        "use the checkpoint's settings (its config.toml), or start a new run in another out folder")
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    validate_config(cfg)
     d, device = init_distributed(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -314,7 +351,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         store = train_ds.text.store
         if cfg.model.text_dim != store.dim:
             cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
-        cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size")}
+        # max_tokens: queries are cut where the stored captions were
+        cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size",
+                                                                "max_tokens")}
         if "route" in store.fingerprint:  # an inexact (ablation) route: queries must be encoded the same way
             cfg.model.llm["route"] = store.fingerprint["route"]
     steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
@@ -337,11 +376,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         raise DataError(f"{out} already holds checkpoints: pass resume=latest to continue, or choose a new out folder")
     if ckpt is not None:
         loaded = FlameModel.from_pretrained(ckpt, map_location=device)
+        check_resume(ckpt, loaded, cfg)
         model.load_state_dict(loaded.state_dict())
-        state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        start_step, skipped = state["step"], set(state.get("skipped_ids", []))
+        try:
+            state = torch.load(ckpt / "trainer_state.pt", map_location=device, weights_only=True)
+            opt_state, rng, start_step = state["optimizer"], state["torch_rng"], int(state["step"])
+        except Exception as e:  # noqa: BLE001 - truncated files raise EOFError, RuntimeError, pickle errors...
+            raise DataError(f"{ckpt / 'trainer_state.pt'} is unreadable ({type(e).__name__}: {str(e)[:80]}); "
+                            "resume from an earlier checkpoint with resume=<its folder>") from None
+        opt.load_state_dict(opt_state)
+        torch.set_rng_state(rng.cpu())
+        skipped = set(state.get("skipped_ids", []))
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
@@ -384,10 +429,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                                + "; ".join(f"{i} ({p}: {e})" for i, p, e in new[:3]))
                 micro_batches.append((images, texts))
                 images_since += images.shape[0] * d.world_size
-            loss_sum = train_step(ddp_model, model, loss_fn, opt, micro_batches, device, autocast, cfg.grad_clip)
+            try:
+                loss_sum = train_step(ddp_model, model, loss_fn, opt, micro_batches, device, autocast, cfg.grad_clip,
+                                      d.world_size)
+            except TrainingDiverged as e:
+                kept = f"the last good checkpoint {last_ckpt} is kept" if last_ckpt else "no checkpoint was written"
+                raise TrainingDiverged(f"training stopped at step {step + 1}: {e}; {kept}. Lower lr, check the "
+                                       "data and positives, then resume=latest") from None
             step += 1
-            if d.world_size > 1:  # log the global loss, not this rank's share
-                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
             last_loss = float(loss_sum)
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
