@@ -264,7 +264,7 @@ def test_manifest_layout(tmp_path):
     assert m["format"] == "flameclip-store/1" and m["num_shards"] == 3 and m["complete"] is True
     assert m["columns"][1]["prompt_set"] == {"name": "short3", "sha": "bb"}
     names = sorted(os.listdir(tmp_path / "s" / "shards"))
-    assert names[:3] == ["000000.ids.json", "000000.npy", "000000.scale.npy"] and len(names) == 9
+    assert names[:4] == ["000000.ids.json", "000000.npy", "000000.scale.npy", "000000.sha256"] and len(names) == 12
     assert np.load(tmp_path / "s" / "shards" / "000002.npy").shape == (1, R, D)
     assert json.loads((tmp_path / "s" / "shards" / "000002.ids.json").read_text()) == ["img-00014"]
 

@@ -8,6 +8,8 @@ store is the same bytes whatever the number of processes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ class EmbedSummary:
     embedded: int = 0  # samples encoded by this run (the rest were already in the store)
     skipped: int = 0  # samples left out because a caption was empty (--skip-empty)
     truncated: int = 0  # captions cut to fit the context
+    max_tokens: int = 0  # the cap they were cut to
     tokens: int = 0
     seconds: float = 0.0
     store_bytes: int = 0
@@ -73,6 +76,17 @@ class EmbedSummary:
 
 class EmbedError(RuntimeError):
     """A one-line, user-facing reason why embedding cannot go on."""
+
+
+def caption_digests(ids: list[str], columns: list[list[str]], shard_size: int) -> list[str]:
+    """Per shard, the sha256 of what its samples were embedded from: ids and cleaned captions."""
+    out = []
+    for lo in range(0, len(ids), shard_size):
+        h = hashlib.sha256()
+        for g in range(lo, min(lo + shard_size, len(ids))):
+            h.update(json.dumps([ids[g], *(clean_caption(col[g]) for col in columns)], ensure_ascii=False).encode())
+        out.append(h.hexdigest())
+    return out
 
 
 def _dist_env() -> tuple[int, int]:
@@ -121,6 +135,7 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
         # The exact routes give the same numbers, so they share stores; the ablation's does not.
         fingerprint["route"] = encoder.route
     store_columns = [{"name": c, "k": prompt_sets[c].k, "prompt_set": prompt_sets[c].to_dict()} for c in columns]
+    digests = caption_digests(ids, [[table.columns[c][i] for i in keep] for c in columns], cfg.shard_size)
     writer = StoreWriter(
         cfg.out,
         fingerprint=fingerprint,
@@ -131,6 +146,7 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
         dtype=cfg.store_dtype,
         rank=rank,
         world_size=world,
+        caption_digests=digests,
     )
 
     summary = EmbedSummary(samples=len(table.ids), skipped=len(skipped), skipped_ids=[table.ids[i] for i in skipped])
@@ -163,6 +179,7 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
     bar.close()
     summary.seconds = time.perf_counter() - start
     summary.tokens = encoder.stats.tokens
+    summary.max_tokens = encoder.max_tokens
 
     if world > 1:
         # Wait for every rank's shards before the index is built over all of them.

@@ -146,7 +146,7 @@ class FlameCLIP:
                     f"LLM '{self._llm_name}' is not the one this checkpoint was trained with "
                     f"(weights {llm.source.weights_sha256[:12]}... vs {want['weights_sha256'][:12]}...)"
                 )
-            self._encoder = FacetEncoder(llm, route=want.get("route") or "auto")
+            self._encoder = FacetEncoder(llm, route=want.get("route") or "auto", max_tokens=want.get("max_tokens"))
         return self._encoder
 
     def llm_states(self, texts: list[str], mode: str = "single", progress: bool = False) -> torch.Tensor:

@@ -4,6 +4,7 @@
     root/shards/000000.npy          [n, R, D] embeddings of samples 0 .. S-1 (fp16, int8 or fp32)
     root/shards/000000.scale.npy    [n, R] float32 per-row scales (int8 stores only)
     root/shards/000000.ids.json     the n sample ids of the shard, in order
+    root/shards/000000.sha256       the sha256 of the shard's .npy (see verify.py)
     root/index/*.npy                the id -> (shard, row) lookup table (see index.py)
 
 A shard exists exactly when its ``.npy`` exists: the writer renames that file into place last.
@@ -18,7 +19,7 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 INDEX = "index"
 
-_SUFFIXES = {"data": ".npy", "scale": ".scale.npy", "ids": ".ids.json"}
+_SUFFIXES = {"data": ".npy", "scale": ".scale.npy", "ids": ".ids.json", "sha256": ".sha256"}
 _DATA_NAME = re.compile(r"^(\d{6,})\.npy$")
 
 
@@ -35,7 +36,7 @@ def index_dir(root: str) -> str:
 
 
 def shard_file(root: str, j: int, kind: str = "data") -> str:
-    """Path of shard ``j``'s ``kind`` file: "data", "scale" or "ids"."""
+    """Path of shard ``j``'s ``kind`` file: "data", "scale", "ids" or "sha256"."""
     return os.path.join(root, SHARDS, f"{j:06d}{_SUFFIXES[kind]}")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -33,6 +34,7 @@ from .manifest import (
     write_manifest,
 )
 from .quant import DTYPES, encode
+from .verify import file_sha256, shard_problem
 
 # How long ranks other than 0 wait for rank 0 to create the store.
 MANIFEST_WAIT_S = 60.0
@@ -80,7 +82,10 @@ class StoreWriter:
         dtype: str = "fp16",
         rank: int = 0,
         world_size: int = 1,
+        caption_digests: list[str] | None = None,
     ):
+        """``caption_digests``: one digest per shard of the texts it was embedded from, so a rerun
+        on edited captions is refused instead of keeping the old vectors."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if not isinstance(dim, int) or dim < 1:
@@ -113,6 +118,10 @@ class StoreWriter:
             "ids_sha256": ids_digest(self.ids),
             "complete": False,
         }
+        if caption_digests is not None:
+            if len(caption_digests) != self.num_shards:
+                raise ValueError(f"{len(caption_digests)} caption digests for {self.num_shards} shards")
+            self.manifest["captions_sha256"] = list(caption_digests)
         self._open_or_create()
 
     # --- the store on disk -------------------------------------------------------------------
@@ -127,7 +136,35 @@ class StoreWriter:
         diffs = compare_config(existing, self.manifest)
         if diffs:
             raise StoreMismatchError(mismatch_message(self.root, diffs))
+        self._check_captions(existing)
         os.makedirs(shard_dir(self.root), exist_ok=True)
+        if self.rank == 0:
+            self._set_aside_damaged(existing)
+
+    def _check_captions(self, existing: dict) -> None:
+        old, new = existing.get("captions_sha256"), self.manifest.get("captions_sha256")
+        if old is None or new is None or old == new:
+            return  # a store from before caption digests cannot be checked; its ids still are
+        changed = [j for j, (a, b) in enumerate(zip(old, new)) if a != b]
+        lo, hi = self.shard_range(changed[0])
+        raise StoreMismatchError(
+            f"{self.root}: the captions changed since they were embedded ({len(changed)} shard(s); first: samples "
+            f"{self.ids[lo]!r} to {self.ids[hi - 1]!r}); use a new --out folder, or delete the store to embed again")
+
+    def _set_aside_damaged(self, existing: dict) -> None:
+        """Rename shards whose header or size is wrong (a truncated copy, a full disk) out of the way,
+        so this run embeds them again; the damaged file is kept beside, never deleted."""
+        damaged = []
+        for j in sorted(written_shards(self.root)):
+            if j < self.num_shards and shard_problem(self.root, existing, j):
+                path = shard_file(self.root, j, "data")
+                os.replace(path, path + ".damaged")
+                damaged.append(path)
+        if damaged:
+            print(f"{self.root}: {len(damaged)} damaged shard(s) set aside as *.damaged and embedded again "
+                  f"(first: {damaged[0]})", file=sys.stderr, flush=True)
+            if existing.get("complete"):
+                write_manifest(self.root, {**existing, "complete": False})
 
     def _create(self) -> None:
         # Refuse to scatter files into a folder that holds something else. A killed first run may
@@ -200,6 +237,8 @@ class StoreWriter:
             renames.append((self._tmp_npy(scale_path, scale), scale_path))
         data_path = shard_file(self.root, j, "data")
         data_tmp = self._tmp_npy(data_path, values)
+        sha_path = shard_file(self.root, j, "sha256")
+        renames.append((write_tmp_bytes(sha_path, (file_sha256(data_tmp) + "\n").encode("ascii")), sha_path))
 
         folder = shard_dir(self.root)
         for tmp, path in renames:

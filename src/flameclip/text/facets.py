@@ -277,6 +277,13 @@ class EncodeStats:
     truncated_indices: list[int] = field(default_factory=list)
 
 
+# The longest facet sequence read by default, prompt included. The demo's longest long7 facet is 268
+# tokens and MLLM recaptions of a few hundred words stay under it; a runaway caption (50,000
+# characters) would otherwise cost O(L^2) attention up to the model's whole context (8,192 tokens:
+# 776 s for 5 such captions on a 2-core CPU). Raise it with --max-tokens; cut captions are counted.
+DEFAULT_MAX_TOKENS = 512
+
+
 class FacetEncoder:
     """``encode(captions, prompt_set) -> [N, K, D]`` over a frozen LLM.
 
@@ -286,7 +293,7 @@ class FacetEncoder:
             or ``auto`` (the measured-fastest for the device); ``causal`` (packed without the
             decoupled mask, not exact) is for the ablation.
         max_tokens: the longest facet sequence allowed; longer captions are truncated inside the
-            caption. Defaults to the model's context length.
+            caption. Defaults to ``DEFAULT_MAX_TOKENS`` (or the model's context, if shorter).
         batch_size: captions per forward pass.
     """
 
@@ -296,7 +303,7 @@ class FacetEncoder:
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES} or 'auto', got '{route}'")
         self.llm, self.route, self.batch_size = llm, route, batch_size
-        self.max_tokens = min(max_tokens or llm.max_positions, llm.max_positions)
+        self.max_tokens = min(max_tokens or DEFAULT_MAX_TOKENS, llm.max_positions)
         self.stats = EncodeStats()
 
     def _tokens_run(self, items: list[TokenizedCaption]) -> int:
