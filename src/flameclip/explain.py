@@ -452,16 +452,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Print the word table, write the PNG and print its path; refusals are one line on stderr."""
-    from PIL import Image, UnidentifiedImageError
-
+    from .data.image_io import UNREADABLE, open_rgb
     from .inference import load
     from .text.llm import LLMNotFoundError
 
     try:
         try:
-            image = Image.open(args.image)
-            image.load()
-        except (OSError, UnidentifiedImageError) as e:
+            image = open_rgb(args.image)
+        except UNREADABLE as e:
             raise ExplainError(f"cannot read image {args.image}: {e}") from None
         flame = load(args.checkpoint, llm=args.llm, device=args.device)
         maps = word_maps(flame, image, windows=args.windows, top_k=args.top_k, apply_norm=not args.no_norm)

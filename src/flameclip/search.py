@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .data.image_io import UNREADABLE, open_rgb, why_unreadable
 from .data.images import IMAGE_EXTENSIONS, DataError
 from .model import CONFIG_NAME, WEIGHTS_NAME
 from .store.atomic import atomic_write_bytes, fsync_dir
@@ -109,10 +110,9 @@ def _walk_images(image_dir: Path, skip_dir: Path) -> tuple[list[str], list[str]]
 def _load_pixels(path: Path, preprocess):
     """The preprocessed image tensor, or the reason PIL could not read the file."""
     try:
-        with Image.open(path) as im:
-            return preprocess(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        return f"unreadable ({type(e).__name__})"
+        return preprocess(open_rgb(path))
+    except UNREADABLE as e:
+        return f"unreadable ({why_unreadable(e)})"
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -378,10 +378,9 @@ def _thumbnail(path: Path):
     """A square RGB thumbnail (the image letterboxed on light grey), or None when the file is gone
     or unreadable since indexing. Square cells keep every caption at the same height."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        im = open_rgb(path)
+        im.thumbnail((THUMB, THUMB))
+    except UNREADABLE:
         return None
     cell = Image.new("RGB", (THUMB, THUMB), (236, 236, 236))
     cell.paste(im, ((THUMB - im.width) // 2, (THUMB - im.height) // 2))

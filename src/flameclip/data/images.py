@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .captions import CaptionsFileError, iter_records, read_captions
+from .image_io import UNREADABLE, open_rgb, why_unreadable  # UNREADABLE is re-exported for the loaders
 
 
 class DataError(ValueError):
@@ -27,7 +28,6 @@ class DataError(ValueError):
 
 
 # What opening a bad image file raises (a missing file is an OSError too).
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -181,10 +181,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
             with open(rec.path, "rb") as f:
                 f.seek(rec.offset)
                 data = f.read(rec.size)
-            with Image.open(io.BytesIO(data)) as im:
-                return im.convert("RGB")
-        with Image.open(rec.path) as im:
-            return im.convert("RGB")
+            return open_rgb(io.BytesIO(data), f"{rec.path}:{rec.id}")
+        return open_rgb(rec.path)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
@@ -195,7 +193,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
                 image = self._load(rec)
                 break
             except UNREADABLE as e:
-                bad.append((rec.id, rec.path, type(e).__name__))
+                bad.append((rec.id, rec.path, why_unreadable(e)))
         else:
             raise DataError(f"{self.max_replacements} unreadable images in a row from '{self.records[index].path}': "
                             "check the image folder")

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..data.captions import iter_records
+from ..data.image_io import UNREADABLE, open_rgb, why_unreadable
 from ..data.images import IMAGE_EXTENSIONS, DataError
 
 
@@ -145,10 +145,9 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            with Image.open(self.paths[i]) as im:
-                return self.transform(im.convert("RGB")), i, ""
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            return torch.zeros(0), i, f"{self.paths[i]} ({type(e).__name__})"
+            return self.transform(open_rgb(self.paths[i])), i, ""
+        except UNREADABLE as e:
+            return torch.zeros(0), i, f"{self.paths[i]} ({why_unreadable(e)})"
 
 
 def _collate(batch):
