@@ -36,7 +36,7 @@ def _add_embed(sub):
     p.add_argument("--route", default="auto", choices=["auto", "fda", "kv", "separate", "causal"],
                    help="auto: the measured-fastest exact route; causal: the no-decoupling ablation (not exact)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=None, help="longest facet sequence; longer captions are truncated")
+    p.add_argument("--max-tokens", type=int, default=None, help="longest facet sequence, prompt included (default 512); longer captions are cut and counted")
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-empty", action="store_true", help="leave out samples with an empty caption instead of stopping")
@@ -66,9 +66,33 @@ def cmd_embed(args) -> int:
     summary = run_embed(cfg, progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary.table())
+        if summary.truncated:
+            print(f"{summary.truncated} caption(s) were longer than the {summary.max_tokens}-token cap and were cut "
+                  "inside the caption; pass --max-tokens to raise it")
         if summary.skipped_ids:
             print(f"skipped ids (first 5): {', '.join(summary.skipped_ids[:5])}")
     return 0
+
+
+def _add_verify(sub):
+    p = sub.add_parser("verify", help="check that every shard of an embedding store is whole (sizes and sha256)")
+    p.add_argument("store", help="the folder made by `flameclip embed`")
+    return p
+
+
+def cmd_verify(args) -> int:
+    from .store import read_manifest
+    from .store.verify import verify_store
+
+    manifest = read_manifest(args.store)
+    if manifest is None:
+        raise FileNotFoundError(f"{args.store} is not an embedding store (no manifest.json)")
+    checked, problems = verify_store(args.store, manifest, full=True)
+    for line in problems:
+        print(line)
+    print(f"{'shards':<10} {checked}\n{'damaged':<10} {len(problems)}\n{'verdict':<10} "
+          + ("whole" if not problems else "damaged: run the same `flameclip embed` command to embed those shards again"))
+    return 0 if not problems else 1
 
 
 def _add_train(sub):
@@ -170,50 +194,97 @@ def cmd_llms(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_embed(sub)
-    _add_train(sub)
-    _add_eval(sub)
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from . import ablate as _ablate
     from . import demo as _demo
     from . import explain as _explain
     from . import search as _search
 
+    parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_embed(sub)
+    _add_verify(sub)
+    _add_train(sub)
+    _add_eval(sub)
     _demo.add_parser(sub)
     _ablate.add_parser(sub)
     _explain.add_parser(sub)
     _search.add_index_parser(sub)
     _search.add_search_parser(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
-    args = parser.parse_args(argv)
-    # Known, user-facing failures become one line on stderr and exit code 2; finished work is on disk.
+    commands = {"embed": cmd_embed, "verify": cmd_verify, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
+                "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search.run_index,
+                "search": _search.run_search}
+    return parser, commands
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Ctrl-C, also when a library caught it and raised its own error from it (transformers' lazy
+    imports turn it into "Could not import module ...")."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Everything, imports included, runs inside the handlers: Ctrl-C at start-up is one line too.
+    command = (argv if argv is not None else sys.argv[1:])[:1] or ["?"]
+    command = command[0]
+    try:
+        parser, commands = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
+        return commands[command](args)
+    except BaseException as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
+        if isinstance(e, SystemExit):
+            raise
+        if _interrupted(e):
+            print(f"flameclip {command}: interrupted; {_INTERRUPTED.get(command, 'nothing was lost')}", file=sys.stderr)
+            return 130
+        if os.environ.get("FLAMECLIP_DEBUG") or not isinstance(e, Exception):
+            raise
+        print(f"flameclip {command}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(e: Exception) -> str:
+    """Known, user-facing failures: their message; others: the type too, and where the traceback is."""
     from .data.captions import CaptionsFileError
     from .data.images import DataError
     from .embed import EmbedError
     from .store import StoreMismatchError
     from .text.llm import LLMNotFoundError
+    from .train import TrainingDiverged
 
-    try:
-        commands = {"embed": cmd_embed, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
-                    "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search.run_index, "search": _search.run_search}
-        return commands[args.command](args)
-    except KeyboardInterrupt:
-        print(f"flameclip {args.command}: interrupted; {_INTERRUPTED.get(args.command, 'nothing was lost')}",
-              file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
-        if os.environ.get("FLAMECLIP_DEBUG"):
-            raise
-        known = (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, FileNotFoundError,
-                 FileExistsError, ValueError, RuntimeError, TimeoutError)
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if isinstance(e, (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError)) \
-            else " (set FLAMECLIP_DEBUG=1 for the traceback)"
-        prefix = "" if isinstance(e, known) else f"{type(e).__name__}: "
-        print(f"flameclip {args.command}: {prefix}{text}{hint}", file=sys.stderr)
-        return 2
+    ours = (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, TrainingDiverged)
+    known = (*ours, FileNotFoundError, FileExistsError, ValueError, RuntimeError, TimeoutError)
+    hint = "" if isinstance(e, ours) else " (set FLAMECLIP_DEBUG=1 for the traceback)"
+    prefix = "" if isinstance(e, known) else f"{type(e).__name__}: "
+    return f"{prefix}{user_message(e)}{hint}"
+
+
+def user_message(e: BaseException) -> str:
+    """The first line of an error, or for one raised in a DataLoader worker the original message.
+
+    torch re-raises a worker's exception in the main process as "Caught X in DataLoader worker
+    process N." followed by the worker's traceback, whose last line is the message the user needs.
+    """
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    lines = text.splitlines()
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1:
+        last = lines[-1].strip()
+        head, sep, rest = last.partition(": ")
+        # "flameclip.data.images.DataError: message" -> "message"; keep other types' names
+        if sep and head.replace(".", "").replace("_", "").isalnum():
+            return rest if head.endswith(("DataError", "CaptionsFileError")) else f"{head.rsplit('.', 1)[-1]}: {rest}"
+        return last
+    return lines[0]
 
 
 # What an interrupted command leaves behind, said when the user presses Ctrl-C.
