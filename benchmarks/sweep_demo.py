@@ -66,13 +66,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
-    from flameclip.demo import SIZES, _common, store_dir
+    from flameclip.demo import DEMO_LLM, SIZES, _common, store_dir
     from flameclip.train import train
 
     demo = Path(args.demo)
     sizes = SIZES["cpu"]
     data = demo / "data" / "train"
-    store, captions = store_dir(demo, "smollm2-135m"), data / "captions.jsonl"
+    store, captions = store_dir(demo, DEMO_LLM), data / "captions.jsonl"
     if not store.exists():
         raise SystemExit(f"{store} not found: run `flameclip demo --out {demo}` (at least its embed step) first")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]

