@@ -98,3 +98,22 @@ def test_a_runaway_caption_is_cut_to_the_default_cap_and_counted(tmp_path):
     assert s.truncated == 1 and s.max_tokens == DEFAULT_MAX_TOKENS == 512
     assert s.tokens <= 2 * DEFAULT_MAX_TOKENS  # the LLM read at most the cap per caption, not 8,192
     assert EmbeddingStore(tmp_path / "store").fingerprint["max_tokens"] == 512
+
+
+def test_a_truncated_shard_read_in_training_is_named(tmp_path):
+    root = tmp_path / "s"
+    build(root, IDS, ROWS)
+    os.truncate(shard_file(str(root), 1, "data"), 300)
+    store = EmbeddingStore(root)
+    np.testing.assert_allclose(store.get(IDS[0]), ROWS[0].astype(np.float16).astype(np.float32))  # shard 0 is fine
+    with pytest.raises(RuntimeError, match=r"000001.npy is unreadable .*flameclip verify"):
+        store.get(IDS[8])
+
+
+def test_a_lone_surrogate_in_a_caption_names_the_sample_and_column(tmp_path):
+    from flameclip.embed import EmbedError
+
+    caps = tmp_path / "captions.jsonl"
+    caps.write_text(json.dumps({"id": "a", "raw": "fine"}) + "\n" + json.dumps({"id": "b", "raw": "bad \ud800 text"}) + "\n")
+    with pytest.raises(EmbedError, match=r"sample 'b', column 'raw': .*lone surrogate"):
+        run_embed(EmbedConfig(captions=str(caps), out=str(tmp_path / "store"), prompts={"raw": "single"}), progress=False)

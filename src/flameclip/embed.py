@@ -121,6 +121,14 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
                 f"{cfg.captions}: sample '{sid}' has an empty '{empty[0]}' caption; "
                 "fix it, drop the sample, or pass --skip-empty to leave such samples out"
             )
+        for c in columns:
+            try:
+                table.columns[c][i].encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): no tokenizer can take it
+                raise EmbedError(f"{cfg.captions}: sample '{sid}', column '{c}': not valid Unicode (a lone surrogate "
+                                 f"at character {e.start}); fix the captions file") from None
+            except AttributeError:
+                pass  # not a string: the empty-caption rule above has named it
         (skipped if empty else keep).append(i)
     ids = [table.ids[i] for i in keep]
 

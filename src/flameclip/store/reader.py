@@ -96,7 +96,11 @@ class EmbeddingStore:
         return min(self.shard_size, self._num_samples - j * self.shard_size)
 
     def _open_shard(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
-        values = np.load(shard_file(self.root, j, "data"), mmap_mode="r")
+        try:
+            values = np.load(shard_file(self.root, j, "data"), mmap_mode="r")
+        except (ValueError, OSError, EOFError) as e:  # a truncated file: "mmap length is greater than file size"
+            raise RuntimeError(f"{shard_file(self.root, j)} is unreadable ({e}): the store is damaged; "
+                               f"`flameclip verify {self.root}` lists what, and the same embed command repairs it") from None
         expected = (self._shard_len(j), self.num_rows, self.dim)
         if values.shape != expected or values.dtype != DTYPES[self.dtype]:
             raise RuntimeError(

@@ -88,6 +88,11 @@ def tokenize_caption(tokenizer, prompt_set: PromptSet, caption: str, max_tokens:
     text = clean_caption(caption) if isinstance(caption, str) else ""
     if not text:
         raise CaptionError(index, f"caption {index} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer can take it
+        raise CaptionError(index, f"caption {index} is not valid Unicode (a lone surrogate {text[e.start]!r} at "
+                                  f"character {e.start}); fix the captions file") from None
     truncated = False
     for _ in range(8):
         facets = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in prompt_set.render(text)]
