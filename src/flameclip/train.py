@@ -16,7 +16,6 @@ import contextlib
 import csv
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from .checkpoints import check_resume, checkpoint_dir, find_checkpoint, save_checkpoint  # noqa: F401 - re-exported
 from .config import TrainConfig, save_config, validate_config
 from .data.images import (
     CaptionTokens,
@@ -38,12 +38,10 @@ from .data.images import (
 )
 from .data.centering import CenteredStore, store_means
 from .data.transforms import eval_transform, train_transform
-from .evaluate.curves import CurveLog, build_recall_set, recall, start_csv
+from .evaluate.curves import CurveLog, build_recall_set, recall
 from .losses import build_loss
 from .model import FlameModel
-
-CHECKPOINTS = "checkpoints"
-
+from .run_log import MetricsLog, plot_losses
 
 # ----------------------------------------------------------------------------------------------
 # Set-up helpers
@@ -130,108 +128,6 @@ def loader_for(ds, cfg: TrainConfig, d: Dist, epoch: int, start_batch: int = 0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_dir(out: str | Path) -> Path:
-    return Path(out) / CHECKPOINTS
-
-
-def save_checkpoint(out: Path, step: int, model: FlameModel, opt, extra: dict, keep: int) -> Path:
-    """Write ``checkpoints/step-XXXXXXX`` atomically (temporary folder, then rename), then prune."""
-    root = checkpoint_dir(out)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    torch.save({"optimizer": opt.state_dict(), "step": step, "torch_rng": torch.get_rng_state(), **extra},
-               tmp / "trainer_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("step-*"))[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def find_checkpoint(out: str | Path, resume: str) -> Path | None:
-    if resume == "latest":
-        found = sorted(checkpoint_dir(out).glob("step-*"))
-        return found[-1] if found else None
-    p = Path(resume)
-    if not (p / "trainer_state.pt").exists():
-        raise FileNotFoundError(f"{p}: not a training checkpoint (no trainer_state.pt)")
-    return p
-
-
-# ----------------------------------------------------------------------------------------------
-# Logging
-
-
-class MetricsLog:
-    """metrics.csv (append-only, rows past a resumed step dropped) and TensorBoard events."""
-
-    fields = ["step", "epoch", "loss", "lr", "logit_scale", "logit_bias", "images_per_s", "skipped_images"]
-
-    def __init__(self, out: Path, resume_step: int | None):
-        self.path = out / "metrics.csv"
-        start_csv(self.path, self.fields, resume_step)
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:  # pragma: no cover - tensorboard is a dependency, but keep training without it
-            pass
-
-    def log(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def plot_losses(out: Path) -> Path | None:
-    """loss_curve.png from metrics.csv (loss and learning rate against step)."""
-    path = out / "metrics.csv"
-    if not path.exists():
-        return None
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [int(r["step"]) for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [float(r["loss"]) for r in rows], color="tab:blue", label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="learning rate")
-    ax2.set_ylabel("learning rate")
-    handles = ax.get_lines() + ax2.get_lines()
-    ax.legend(handles, [h.get_label() for h in handles], loc="center right")
-    ax.set_title(out.name)
-    fig.tight_layout()
-    png = out / "loss_curve.png"
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
-
-
-# ----------------------------------------------------------------------------------------------
 # Evaluation hook
 
 
@@ -306,29 +202,6 @@ class TrainResult:
     skipped_images: int
     checkpoint: Path | None
     eval: dict
-
-
-def check_resume(ckpt: Path, saved: FlameModel, cfg: TrainConfig) -> None:
-    """Refuse to resume a checkpoint with another model or another store than it was trained on.
-
-    Runs before anything is written, so a refused resume leaves every checkpoint in place.
-    """
-    from dataclasses import asdict
-
-    was, now = asdict(saved.cfg), asdict(cfg.model)
-    if cfg.model.text_tower == "llm" and was.get("llm") != now.get("llm"):
-        def name(fp):
-            return f"{fp.get('llm')} (weights {str(fp.get('weights_sha256'))[:12]}, layer {fp.get('layer')})"
-
-        raise DataError(f"cannot resume {ckpt}: it was trained on a store embedded by {name(was.get('llm') or {})}, "
-                        f"but {cfg.store} was embedded by {name(now.get('llm') or {})}; "
-                        "use the store it was trained on, or start a new run in another out folder")
-    # grad_checkpointing trades memory for time and may change between runs; nothing else may.
-    differ = sorted(k for k in was if k not in ("llm", "grad_checkpointing") and was[k] != now.get(k))
-    if differ:
-        listed = "; ".join(f"model.{k} {was[k]!r} in the checkpoint, {now.get(k)!r} now" for k in differ[:4])
-        raise DataError(f"cannot resume {ckpt}: the model differs ({listed}); "
-                        "use the checkpoint's settings (its config.toml), or start a new run in another out folder")
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
