@@ -143,3 +143,14 @@ def test_a_prompt_set_whose_prompts_is_a_string_is_refused(tmp_path):
     with pytest.raises(ValueError, match="'prompts' must be a list") as e:
         load_prompt_set(str(p))
     assert str(p) in str(e.value)
+
+
+def test_a_checkpoint_given_another_llm_names_both(data, tmp_path):  # noqa: F811
+    from flameclip.inference import load
+
+    res = train(cfg_for(data, tmp_path / "run", "max_steps=1"), progress=False)
+    # gemma-3-270m has 18 layers: the checkpoint's layer 29 used to fail as "out of range"
+    m = load(res.checkpoint, llm="gemma3-270m", text_cache=tmp_path / "cache")
+    with pytest.raises(ValueError, match="not the one this checkpoint was trained with, 'smollm2-135m'") as e:
+        m.encode_text(["a red circle"], mode="single")
+    assert "\n" not in str(e.value)

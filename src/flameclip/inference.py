@@ -138,14 +138,19 @@ class FlameCLIP:
             from .text.facets import FacetEncoder
             from .text.llm import load_llm
 
+            from .text.llm import resolve
+
             want = self.cfg.llm or {}
+            # Checked before loading: another LLM may not even have the recorded layer.
+            source = resolve(self._llm_name)
+            if want.get("weights_sha256") and source.weights_sha256 != want["weights_sha256"]:
+                raise ValueError(
+                    f"LLM '{self._llm_name}' is not the one this checkpoint was trained with, "
+                    f"{want.get('llm')!r} (weights {source.weights_sha256[:12]}... vs {want['weights_sha256'][:12]}...); "
+                    "pass llm= the LLM that embedded its training captions"
+                )
             llm = load_llm(self._llm_name, layer=want.get("layer", -2), dtype=self._llm_dtype,
                            device=self.device)
-            if want.get("weights_sha256") and llm.source.weights_sha256 != want["weights_sha256"]:
-                raise ValueError(
-                    f"LLM '{self._llm_name}' is not the one this checkpoint was trained with "
-                    f"(weights {llm.source.weights_sha256[:12]}... vs {want['weights_sha256'][:12]}...)"
-                )
             self._encoder = FacetEncoder(llm, route=want.get("route") or "auto", max_tokens=want.get("max_tokens"))
         return self._encoder
 
