@@ -117,3 +117,35 @@ def test_a_lone_surrogate_in_a_caption_names_the_sample_and_column(tmp_path):
     caps.write_text(json.dumps({"id": "a", "raw": "fine"}) + "\n" + json.dumps({"id": "b", "raw": "bad \ud800 text"}) + "\n")
     with pytest.raises(EmbedError, match=r"sample 'b', column 'raw': .*lone surrogate"):
         run_embed(EmbedConfig(captions=str(caps), out=str(tmp_path / "store"), prompts={"raw": "single"}), progress=False)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_bad_byte_deep_in_a_captions_file_is_found_where_it_is(tmp_path, suffix):
+    from flameclip.data.captions import CaptionsFileError, read_captions
+
+    path = tmp_path / f"captions{suffix}"
+    good = [f"x{i}" for i in range(20000)]
+    if suffix == ".jsonl":
+        body = b"".join(json.dumps({"id": i, "raw": "a caption of some length"}).encode() + b"\n" for i in good)
+        bad = b'{"id": "b", "raw": "bad \xff byte"}\n'
+    else:
+        body = b"id,raw\n" + b"".join(f"{i},a caption of some length\n".encode() for i in good)
+        bad = b"b,bad \xff byte\n"
+    path.write_bytes(body + bad)
+    where = len(body) + bad.index(b"\xff")  # counted here, independently of the reader
+    line = 20001 if suffix == ".jsonl" else 20002
+    with pytest.raises(CaptionsFileError, match=rf"line {line} is not UTF-8 text \(byte {where} of the file\)"):
+        read_captions(str(path), ["raw"])
+
+
+def test_a_truncated_gguf_is_named(tmp_path, monkeypatch):
+    from flameclip.text.llm import LLMNotFoundError, load_llm, resolve
+
+    monkeypatch.setenv("FLAMECLIP_CACHE", str(tmp_path / "cache"))
+    whole = open(resolve("smollm2-135m").path, "rb").read()
+    cut = tmp_path / "model.gguf"
+    cut.write_bytes(whole[: len(whole) // 2])  # a download cut short
+    with pytest.raises(LLMNotFoundError, match=r"model.gguf: not a readable GGUF model .*truncated") as e:
+        load_llm(str(cut))
+    assert "\n" not in str(e.value)
+    assert not list((tmp_path / "cache").glob("hf/*"))  # no half-converted model left in the cache

@@ -26,8 +26,24 @@ def iter_records(path: Path):
     """Yield (row_number, dict) for every record; row numbers are 1-based lines or records."""
     try:
         yield from _iter_records(path)
-    except UnicodeDecodeError as e:
-        raise CaptionsFileError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except UnicodeDecodeError:
+        # The decoder's offset is within its read-ahead chunk, not the file: find the byte again.
+        line, offset = _first_bad_utf8(path)
+        raise CaptionsFileError(f"{path}: line {line} is not UTF-8 text (byte {offset} of the file); "
+                                "save it as UTF-8") from None
+
+
+def _first_bad_utf8(path: Path) -> tuple[int, int]:
+    """(1-based line, 0-based file offset) of the first byte that is not UTF-8."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return n, offset + e.start
+            offset += len(raw)
+    return 0, offset
 
 
 def _iter_records(path: Path):

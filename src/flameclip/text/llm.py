@@ -193,8 +193,13 @@ def _convert_gguf(src: LLMSource) -> Path:
     if (folder / "flameclip_source.json").exists():
         return folder
     gguf = Path(src.path)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError, IndexError, EOFError, RuntimeError) as e:
+        # A truncated file fails deep in the reader ("cannot reshape array of size ..."): name the file.
+        raise LLMNotFoundError(f"{gguf}: not a readable GGUF model ({type(e).__name__}: {str(e)[:100]}); "
+                               "the file may be truncated or of an unsupported architecture: download it again") from None
     # save_pretrained refuses a model that still carries the GGUF quantizer's marks; the weights are
     # already plain dequantised tensors, so clearing the marks is all that is needed.
     model.hf_quantizer = None
