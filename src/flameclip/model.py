@@ -12,7 +12,6 @@ code). The LLM itself is never stored; ``ModelConfig.llm`` records which LLM mad
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .store.atomic import fsync_dir, fsync_file, tmp_name, write_tmp_bytes
+from .store.atomic import file_sha256, fsync_dir, fsync_file, tmp_name, write_tmp_bytes
 from .vision import TokenProjector, build_image_tower
 
 # /2 records the sha256 of model.safetensors in config.json and checks it on load; /1 folders (no
@@ -131,11 +130,6 @@ def _name_list(names: list[str], limit: int = 8) -> str:
     names = sorted(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:

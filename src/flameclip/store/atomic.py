@@ -9,6 +9,7 @@ them away, so they cannot change what a resumed store looks like.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -76,3 +77,9 @@ def remove_tmp_entries(folder: str) -> None:
                 os.remove(path)
             except FileNotFoundError:  # another process swept it first
                 pass
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes (hex), read in chunks by hashlib."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

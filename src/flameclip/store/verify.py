@@ -8,12 +8,12 @@ writer recorded beside it, so flipped bits are caught too.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import numpy as np
 
+from .atomic import file_sha256
 from .layout import shard_file, written_shards
 from .quant import DTYPES
 
@@ -22,11 +22,6 @@ def expected_shape(manifest: dict, j: int) -> tuple[int, int, int]:
     n = min(manifest["shard_size"], manifest["num_samples"] - j * manifest["shard_size"])
     rows = sum(c["k"] for c in manifest["columns"])
     return n, rows, manifest["dim"]
-
-
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def shard_problem(root: str, manifest: dict, j: int) -> str | None:

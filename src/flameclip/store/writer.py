@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .atomic import fsync_dir, fsync_file, is_tmp, remove_tmp_entries, tmp_name, write_tmp_bytes
+from .atomic import file_sha256, fsync_dir, fsync_file, is_tmp, remove_tmp_entries, tmp_name, write_tmp_bytes
 from .index import build_index, write_index
 from .layout import index_dir, manifest_path, shard_dir, shard_file, written_shards
 from .manifest import (
@@ -34,7 +34,7 @@ from .manifest import (
     write_manifest,
 )
 from .quant import DTYPES, encode
-from .verify import file_sha256, shard_problem
+from .verify import shard_problem
 
 # How long ranks other than 0 wait for rank 0 to create the store.
 MANIFEST_WAIT_S = 60.0

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..store.atomic import file_sha256
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -86,14 +88,6 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _package_dir(module: str) -> Path | None:
     # find_spec on a top-level name locates the package without executing its __init__.
     spec = importlib.util.find_spec(module)
@@ -123,7 +117,7 @@ def packaged_gguf_path(name: str) -> Path:
         for p in parts:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, tmp, 1 << 22)
-    digest = sha256_file(tmp.name)
+    digest = file_sha256(tmp.name)
     if entry.sha256 is not None and digest != entry.sha256:
         os.unlink(tmp.name)
         raise LLMNotFoundError(
@@ -150,7 +144,7 @@ def _hf_folder_hash(folder: Path) -> str:
         raise LLMNotFoundError(f"{folder} has no .safetensors weights; only safetensors folders are loaded")
     digest = hashlib.sha256()
     for p in weights:
-        digest.update(p.name.encode() + sha256_file(p).encode())
+        digest.update(p.name.encode() + file_sha256(p).encode())
     return digest.hexdigest()
 
 
@@ -177,7 +171,7 @@ def _cached_file_hash(path: Path) -> str:
     memo = cache_dir() / "hashes" / key
     if memo.exists():
         return memo.read_text().strip()
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     memo.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
     tmp.write_text(digest)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ...store.atomic import file_sha256
+
 # The 14 languages of the multilingual evaluation, English first (the emoji package's codes).
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ru", "ar", "fa", "id", "tr")
 
@@ -127,11 +129,7 @@ def render_glyph(font: ImageFont.FreeTypeFont, char: str) -> Image.Image | None:
 
 
 def _font_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def _build_cache(font_path: Path, dest: Path) -> None:
