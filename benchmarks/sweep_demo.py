@@ -7,6 +7,7 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
 
     python benchmarks/sweep_demo.py --demo runs/demo            # after the demo's data and store exist
     python benchmarks/sweep_demo.py --demo runs/demo --side clip --only softmax-lr2e-3
+    python benchmarks/sweep_demo.py --demo runs/demo --seed 1    # the same runs from another seed
 
 Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
 """
@@ -31,6 +32,16 @@ GRID = {
 FLAME_ONLY = {
     "sigmoid-b3.5-lr1e-3 adapter-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
                                       "model.text_adapter_depth=1"],
+    "sigmoid-b3.5-lr1e-3 whiten-0.5": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                       "model.text_whiten=0.5"],
+    "sigmoid-b3.5-lr1e-3 whiten-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                     "model.text_whiten=1.0"],
+    "sigmoid-b3.5-lr1e-3 whiten-0.75": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                        "model.text_whiten=0.75"],
+    "sigmoid-b3.5-lr1e-3 whiten-0.5 proj-256": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                                "model.text_whiten=0.5", "model.embed_dim=256"],
+    "sigmoid-b3.5-lr1e-3 whiten-0.5 positives-11": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                                    "model.text_whiten=0.5", "positives=11"],
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
@@ -63,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--side", choices=["flame", "clip", "both"], default="both")
     ap.add_argument("--only", nargs="*", help="run only these setting names")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling); the data stay")
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
@@ -85,12 +97,14 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             continue
         run = demo / "sweep" / side / name.replace(" ", "_").replace("(", "").replace(")", "")
+        if args.seed:
+            run = run.with_name(f"{run.name}_seed{args.seed}")
         if not (run / "done.json").exists():
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
                                      "eval_columns=[\"raw\",\"long\"]",
                                      *side_settings(side, sizes, store, captions),
-                                     *_common(sizes, run, args.workers, "fp32"), *overrides])
+                                     *_common(sizes, run, args.workers, "fp32"), *overrides, f"seed={args.seed}"])
             t0 = time.perf_counter()
             train(cfg, progress=False)
             (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))

@@ -1,4 +1,4 @@
-"""Text centring: one mean, or one per prompt facet, the same in training and at query time."""
+"""Text centring and whitening: one mean, or one per prompt facet, the same in training and at query time."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flameclip.config import load_config
-from flameclip.data.centering import CenteredStore, row_facets, store_means
+from flameclip.data.centering import CenteredStore, row_facets, store_means, store_whitening
 from flameclip.inference import load
 from flameclip.model import FlameModel, ModelConfig
 from flameclip.store import EmbeddingStore
@@ -61,3 +61,50 @@ def test_text_center_setting_is_checked():
         FlameModel(ModelConfig(text_center="per-row"))
     assert ModelConfig(text_center=True).center_mode == "global"
     assert ModelConfig(text_center=False).center_mode == "none"
+
+
+def test_whitening_equalises_the_spectrum_of_centred_rows(data):  # noqa: F811
+    """Full whitening makes the centred rows' covariance a multiple of the identity where the floor
+    does not bite; power 0 changes nothing but the scale; a half power takes the square root of
+    every eigenvalue ratio."""
+    store = EmbeddingStore(data["store"])
+    mean, names, means = store_means(store)
+    view = CenteredStore(store, names, means)
+    x = np.stack([view.get(i) for i in store.ids()]).reshape(-1, store.dim).astype(np.float64)
+    cov = x.T @ x / len(x)
+    lam = np.linalg.eigvalsh(cov)
+    kept = lam > 1e-2 * lam.mean()
+    for power in (0.0, 0.5, 1.0):
+        w = store_whitening(store, power, names, means, shrink=1e-2).double().numpy()
+        assert np.allclose(w, w.T, atol=1e-5)
+        out = np.linalg.eigvalsh(w @ cov @ w)  # w symmetric: the covariance of x @ w
+        # the same eigenvectors, so eigenvalues map one to one in sorted order
+        ratio = out[kept] / lam[kept] ** (1 - power)
+        assert ratio.std() / ratio.mean() < 1e-3, power
+        # the average row keeps its squared norm
+        assert np.isclose(np.trace(w @ cov @ w), np.trace(cov), rtol=1e-4)
+
+
+def test_whitened_model_trains_and_queries_land_on_stored_rows(data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={out}",
+                             "batch_size=8", "positives=2", "max_steps=3", "save_every=100",
+                             'model.text_center="prompt"', "model.text_whiten=0.5", *TINY])
+    m = load(train(cfg, progress=False).checkpoint, text_cache=tmp_path / "cache")
+    store = EmbeddingStore(data["store"])
+    _, names, means = store_means(store)
+    w = store_whitening(store, 0.5, names, means)
+    assert torch.allclose(m.model.text_whitening.cpu(), w, atol=1e-6)  # the buffer survives the checkpoint
+    view = CenteredStore(store, names, means)
+    caps = [json.loads(line) for line in data["captions"].read_text().splitlines()][:4]
+    stored = torch.from_numpy(np.stack([view.get_column(c["id"], "raw").mean(0) for c in caps]))
+    want = torch.nn.functional.normalize(stored @ w, dim=-1)
+    got = m.encode_text([c["raw"] for c in caps], mode="single")
+    assert torch.nn.functional.cosine_similarity(want, got.float(), dim=-1).min() > 0.9999
+
+
+def test_whitening_needs_centred_llm_states():
+    with pytest.raises(ValueError, match="text_whiten"):
+        FlameModel(ModelConfig(text_whiten=0.5))
+    with pytest.raises(ValueError, match="text_whiten"):
+        FlameModel(ModelConfig(text_whiten=1.5, text_center="global"))

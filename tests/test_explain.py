@@ -233,6 +233,35 @@ def test_learned_shared_space_is_refused(tmp_path):
         word_maps(load(checkpoint(tmp_path, embed_dim=64), device="cpu"), picture())
 
 
+def test_text_adapter_is_refused(tmp_path):
+    with pytest.raises(ExplainError, match="text adapter"):
+        word_maps(load(checkpoint(tmp_path, text_adapter_depth=1), device="cpu"), picture())
+
+
+def test_whitened_tokens_are_read_back_in_the_llms_space(tmp_path, readout, monkeypatch):
+    """A checkpoint trained on whitened states: its tokens x @ W are read as x, the LLM's own states."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**TINY, "llm": smollm2_record(), "text_center": "global", "text_whiten": 1.0})
+    model = FlameModel(cfg)
+    q, _ = torch.linalg.qr(torch.randn(576, 576, dtype=torch.float64))
+    spectrum = torch.logspace(-1.5, 1.5, 576, dtype=torch.float64)  # symmetric, invertible, far from the identity
+    model.text_whitening.copy_(((q * spectrum) @ q.T).float())
+    model.save_pretrained(str(tmp_path / "w"))
+    flame = load(tmp_path / "w", device="cpu")
+    words = [token_id(readout, w) for w in (" cat", " dog", " tree")]
+    ids = [[words[(r // 2 + c // 2) % 3] for c in range(8)] for r in range(8)]  # 2x2 blocks of one word
+    rows = readout.head.weight[torch.tensor(ids).flatten()] * 10.0
+    whitened = rows.double() @ flame.model.text_whitening.double()
+    monkeypatch.setattr(flame.model, "image_tokens", lambda images: whitened.float()[None].clone())
+    got = word_maps(flame, picture(), windows=(2,), readout=readout)
+    plain = load(checkpoint(tmp_path, name="plain", text_center="global"), device="cpu")
+    monkeypatch.setattr(plain.model, "image_tokens", lambda images: rows[None].clone())
+    want = word_maps(plain, picture(), windows=(2,), readout=readout)
+    top = [[[cell[0][0] for cell in row] for row in m.words] for m in got]
+    assert top == [[[cell[0][0] for cell in row] for row in m.words] for m in want]
+    assert top[0][0] == ["cat", "dog", "tree", "cat"]
+
+
 def test_other_llm_weights_are_refused(tmp_path):
     ckpt = checkpoint(tmp_path, llm=smollm2_record(weights_sha256="0" * 64))
     with pytest.raises(ExplainError) as e:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 GROUPS = ("facets", "mask", "layer")
@@ -81,7 +81,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     from .demo import FLAME_SETTINGS, SIZES, _common, data_kwargs, demo_suite, store_dir
     from .embed import EmbedConfig, run_embed
     from .evaluate.report import console_table, write_report
-    from .evaluate.tasks import Evaluator
+    from .evaluate.tasks import new_results, run_suite
     from .inference import load
     from .train import find_checkpoint, train
 
@@ -128,14 +128,9 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
             cfg.resume = "latest"
         ckpt = train(cfg, progress=progress).checkpoint
         model = load(ckpt, text_cache=base / "text-cache", progress=progress)
-        ev = Evaluator(model)
-        entries = []
-        for spec in specs:
-            if v.tasks and spec.name not in v.tasks:
-                continue
-            if spec.name == "scenes-long":
-                spec = type(spec)(**{**spec.__dict__, "mode": v.long_mode})
-            entries.append(ev.run(spec))
+        chosen = [replace(s, mode=v.long_mode) if s.name == "scenes-long" else s
+                  for s in specs if not v.tasks or s.name in v.tasks]
+        entries = run_suite([(v.label, ckpt, model)], chosen)["results"]
         vdir.mkdir(parents=True, exist_ok=True)
         done_file.write_text(json.dumps(entries, indent=2))
         seconds[v.key] = time.perf_counter() - t0
@@ -148,7 +143,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     refs = {"layer": [("FLAME", f"layer {_demo_layer(reference)} (demo)")]}
     summary = {}
     for group in groups:
-        results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
+        results = new_results()
         for src_label, label in refs.get(group, []):
             results["checkpoints"].append({"label": label, "path": str(base)})
             results["results"] += [{**r, "checkpoint": label} for r in demo_rows.get(src_label, [])]

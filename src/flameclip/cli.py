@@ -152,7 +152,7 @@ def _labels(paths, given, models) -> list[str]:
 
 def cmd_eval(args) -> int:
     from .evaluate.report import console_table, write_report
-    from .evaluate.tasks import Evaluator, load_suite
+    from .evaluate.tasks import load_suite, run_suite
     from .inference import load
 
     specs = load_suite(args.data)
@@ -164,15 +164,9 @@ def cmd_eval(args) -> int:
     models = [load(c, device=args.device, text_cache=args.text_cache, progress=not args.no_progress)
               for c in args.checkpoint]
     labels = _labels(args.checkpoint, args.label, models)
-    results = {"format": "flameclip-eval/1", "checkpoints": [], "results": []}
-    for path, label, m in zip(args.checkpoint, labels, models):
-        results["checkpoints"].append({"label": label, "path": str(path), "text_tower": m.cfg.text_tower,
-                                       "llm": (m.cfg.llm or {}).get("llm")})
-        ev = Evaluator(m, batch_size=args.batch_size, workers=args.workers)
-        for spec in specs:
-            print(f"[{label}] {spec.task}: {spec.name}", file=sys.stderr)
-            results["results"].append({"checkpoint": label, **ev.run(spec)})
-            write_report(results, args.out)  # after every task, so an error later loses nothing finished
+    results = run_suite(zip(labels, args.checkpoint, models), specs, batch_size=args.batch_size, workers=args.workers,
+                        log=lambda line: print(line, file=sys.stderr),
+                        after_task=lambda r: write_report(r, args.out))
     paths = write_report(results, args.out)
     print(console_table(results))
     print(f"report: {paths.get('report', args.out)}")

@@ -66,6 +66,12 @@ class ModelConfig:
     text_center: bool | str = False
     # The prompt facets that "prompt" centring holds a mean for, as "set:index" (set from the store)
     text_facets: list[str] = field(default_factory=list)
+    # Whiten the centred LLM states with a fixed matrix fitted once on the training store (frozen,
+    # like the centring): 0 = off (the reference); p in (0, 1] divides every principal direction
+    # by (its variance)^(p/2), so 1 is full whitening and 0.5 halves the spread of the spectrum.
+    # A few directions (template, length, prompt) hold most of the variance of raw states; what
+    # tells scenes apart lives in the small ones, which plain cosine similarity barely sees.
+    text_whiten: float = 0.0
     # A trainable adapter on the frozen LLM states (FLAME only): this many residual MLP blocks of the
     # text's own width, each zero-initialised so training starts from the paper's frozen-only text
     # side. 0 (the default) is the paper's form; ShareLock and LiT-style setups train such a head.
@@ -86,6 +92,10 @@ class ModelConfig:
             raise ValueError(f"embed_dim must be positive or None, got {self.embed_dim}")
         if self.center_mode not in ("none", "global", "prompt"):
             raise ValueError(f"text_center must be true, false, \"global\" or \"prompt\", got {self.text_center!r}")
+        if not 0.0 <= self.text_whiten <= 1.0:
+            raise ValueError(f"text_whiten must be in [0, 1], got {self.text_whiten}")
+        if self.text_whiten and (self.text_tower != "llm" or self.center_mode == "none"):
+            raise ValueError("text_whiten applies to centred LLM states: set text_center to \"global\" or \"prompt\"")
         if self.text_adapter_depth < 0:
             raise ValueError(f"text_adapter_depth must be >= 0, got {self.text_adapter_depth}")
         if self.text_adapter_depth and self.text_tower != "llm":
@@ -196,6 +206,8 @@ class FlameModel(nn.Module):
                 self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
             if cfg.center_mode == "prompt":
                 self.register_buffer("text_facet_means", torch.zeros(len(cfg.text_facets), cfg.text_dim))
+            if cfg.text_whiten:
+                self.register_buffer("text_whitening", torch.eye(cfg.text_dim))  # set from the store, like the means
         else:
             # Imported here: open_clip is only needed by the baseline, and is slow to import.
             from .baselines.clip_text import ClipTextTower
@@ -242,6 +254,8 @@ class FlameModel(nn.Module):
             x = text.to(self.log_logit_scale.dtype)
             if self.cfg.center_mode == "global":
                 x = x - self.text_mean
+            if self.cfg.text_whiten:
+                x = x @ self.text_whitening  # linear, so it commutes with the mean over facets
             if self.text_adapter is not None:
                 x = self.text_adapter(x)
             if self.text_proj is not None:

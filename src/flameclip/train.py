@@ -36,7 +36,7 @@ from .data.images import (
     default_workers,
     read_images,
 )
-from .data.centering import CenteredStore, store_means
+from .data.centering import CenteredStore, store_means, store_whitening
 from .data.transforms import eval_transform, train_transform
 from .evaluate.curves import CurveLog, build_recall_set, recall
 from .losses import build_loss
@@ -210,15 +210,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
 
-    centering, means = None, None
+    centering, means, whitening = None, None, None
     if cfg.model.text_tower == "llm" and cfg.model.center_mode != "none" and cfg.store:
         from .store import EmbeddingStore
 
         # From the training store, before any row is read: "prompt" centring changes what the rows are.
-        means = store_means(EmbeddingStore(cfg.store), seed=cfg.seed)
+        store = EmbeddingStore(cfg.store)
+        means = store_means(store, seed=cfg.seed)
         if cfg.model.center_mode == "prompt":
             centering = (means[1], means[2])
             cfg.model.text_facets = list(means[1])
+        if cfg.model.text_whiten:
+            whitening = store_whitening(store, cfg.model.text_whiten, *(centering or (None, None)), mean=means[0],
+                                        seed=cfg.seed)
     train_ds = build_dataset(cfg, cfg.train_manifest, train=True, centering=centering)
     if cfg.model.text_tower == "llm":
         store = train_ds.text.store
@@ -242,6 +246,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         model.text_mean.copy_(means[0].to(device))
         if centering is not None:
             model.text_facet_means.copy_(means[2].to(device))
+        if whitening is not None:
+            model.text_whitening.copy_(whitening.to(device))
     opt = build_optimizer(model, cfg)
     start_step, skipped = 0, set()
     ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None

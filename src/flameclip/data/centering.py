@@ -42,6 +42,32 @@ def store_means(store, seed: int = 0, max_samples: int = 4096) -> tuple[torch.Te
     return torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0)), names, torch.from_numpy(means)
 
 
+def store_whitening(store, power: float, facet_names: list[str] | None = None,
+                    facet_means: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+                    seed: int = 0, max_samples: int = 4096, shrink: float = 1e-2) -> torch.Tensor:
+    """A symmetric [D, D] matrix W with x @ W the centred state x whitened to ``power`` (0..1).
+
+    Fitted on the rows of (a sample of) the store, each centred as the model centres it (its facet's
+    mean with "prompt" centring, else ``mean``). Eigenvalues are floored at ``shrink`` times their
+    mean before the inverse power, so directions with almost no variance are not blown up into
+    noise. W is scaled so that an average row keeps its norm (cosines do not care; the logit scale's
+    initial value stays meaningful for the loss).
+    """
+    rows = store.get_many(sample_ids(store, seed, max_samples)).astype(np.float64)  # [N, R, D]
+    if facet_means is not None:
+        index = {n: i for i, n in enumerate(facet_names)}
+        rows = rows - facet_means.double().numpy()[[index[f] for f in row_facets(store)]]
+    else:
+        rows = rows - mean.double().numpy()
+    x = rows.reshape(-1, rows.shape[-1])
+    cov = x.T @ x / len(x)
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.maximum(eigval, shrink * max(eigval.mean(), 1e-12))
+    w = (eigvec * eigval ** (-power / 2)) @ eigvec.T
+    w *= np.sqrt(np.trace(cov) / np.trace(w @ cov @ w))
+    return torch.from_numpy(w.astype(np.float32))
+
+
 class CenteredStore:
     """A read-only view of an EmbeddingStore whose rows come back minus their facet's mean."""
 

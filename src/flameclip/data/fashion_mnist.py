@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..store.atomic import file_sha256
 from .images import DataError
 
 ENV_VAR = "FLAMECLIP_FASHION_MNIST"
@@ -153,9 +154,7 @@ def _fingerprint(folder: Path) -> str:
     for split in FILES:
         for name in FILES[split]:
             h.update(name.encode())
-            with open(folder / name, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            h.update(bytes.fromhex(file_sha256(folder / name)))
     return h.hexdigest()
 
 

@@ -156,3 +156,35 @@ class Evaluator:
             raise DataError(f"unknown task '{spec.task}'")
         row = getattr(self, spec.task)(spec)
         return {"task": spec.task, "dataset": spec.name, **row}
+
+
+RESULTS_FORMAT = "flameclip-eval/1"
+
+
+def new_results() -> dict:
+    """An empty results dict, the shape ``report.py`` reads."""
+    return {"format": RESULTS_FORMAT, "checkpoints": [], "results": []}
+
+
+def run_suite(models, specs: list[TaskSpec], results: dict | None = None, batch_size: int = 64, workers: int = 0,
+              log=None, after_task=None) -> dict:
+    """Every task of ``specs`` against every model: the one evaluation loop of eval, demo and ablate.
+
+    ``models`` yields (label, checkpoint path, FlameCLIP); a generator may load each model only
+    when its turn comes, so that one model at a time is in memory. Rows are appended to
+    ``results`` (a new dict if None), which is returned. ``log(line)`` is called before every task;
+    ``after_task(results)`` after it, e.g. to write the report so far (an error later then loses
+    nothing finished).
+    """
+    results = new_results() if results is None else results
+    for label, path, m in models:
+        results["checkpoints"].append({"label": label, "path": str(path), "text_tower": m.cfg.text_tower,
+                                       "llm": (m.cfg.llm or {}).get("llm")})
+        ev = Evaluator(m, batch_size=batch_size, workers=workers)
+        for spec in specs:
+            if log is not None:
+                log(f"[{label}] {spec.task}: {spec.name}")
+            results["results"].append({"checkpoint": label, **ev.run(spec)})
+            if after_task is not None:
+                after_task(results)
+    return results
