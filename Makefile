@@ -1,4 +1,4 @@
-.PHONY: setup demo test bench
+.PHONY: setup demo test test-fast bench
 
 setup:
 	bash scripts/setup.sh
@@ -10,6 +10,11 @@ demo: setup
 
 test: setup
 	bash scripts/test.sh
+
+# The everyday loop: everything but the tests marked slow (real LLM loads, subprocesses, torchrun,
+# the demo end to end). CI runs `make test`, which includes them.
+test-fast: setup
+	bash scripts/test.sh -m "not slow"
 
 bench: setup
 	.venv/bin/python benchmarks/bench_fda.py

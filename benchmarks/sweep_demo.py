@@ -42,6 +42,13 @@ FLAME_ONLY = {
                                                 "model.text_whiten=0.5", "model.embed_dim=256"],
     "sigmoid-b3.5-lr1e-3 whiten-0.5 positives-11": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
                                                     "model.text_whiten=0.5", "positives=11"],
+    # With whitening at 0.75 (the demo's since): learning rate and the sigmoid loss's initial scale.
+    "sigmoid-b3.5-lr2e-3 whiten-0.75": ["loss=\"sigmoid\"", "lr=2e-3", f"model.init_logit_bias={BIAS}",
+                                        "model.text_whiten=0.75"],
+    "sigmoid-b3.5-lr5e-4 whiten-0.75": ["loss=\"sigmoid\"", "lr=5e-4", f"model.init_logit_bias={BIAS}",
+                                        "model.text_whiten=0.75"],
+    "sigmoid-b3.5-lr1e-3 whiten-0.75 scale-20": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
+                                                 "model.text_whiten=0.75", "model.init_logit_scale=20.0"],
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",

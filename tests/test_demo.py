@@ -8,6 +8,9 @@ from flameclip.ablate import run_ablations
 from flameclip.demo import run_demo
 from flameclip.store import EmbeddingStore
 
+# The demo end to end, and its ablations: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):

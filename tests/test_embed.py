@@ -17,6 +17,10 @@ from flameclip.text.facets import FacetEncoder
 
 from .subprocess_kill import kill_when_exists
 
+# The embed job end to end with the real packaged LLM (stores, resume after SIGKILL, torchrun).
+# Other tiers still embed with it: the train, centring and evaluation fixtures build real stores.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["raw=single", "long=long7"]
 

@@ -127,6 +127,7 @@ def test_suite_runs_every_task_and_the_second_run_needs_no_llm(world, monkeypatc
     assert [r["metrics"] for r in again] == [r["metrics"] for r in first]
 
 
+@pytest.mark.slow
 def test_cli_compares_flame_and_clip_in_one_report(world, tmp_path):
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, "-m", "flameclip.cli", "eval", "--checkpoint", str(world["flame"]),

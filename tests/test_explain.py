@@ -157,18 +157,28 @@ def test_regions_are_read_row_major_pooled_and_decoded(monkeypatch, flame, reado
     assert maps[1].words[0][0][0][1] > 0.5  # a pure region is read with confidence
 
 
-def test_each_region_is_the_mean_of_its_window(monkeypatch, flame, readout):
+def test_each_region_is_the_mean_of_its_window(monkeypatch, flame, readout, full_smollm2):
+    """Each region is read from the mean of its window's tokens: HF's own SmolLM2 (final norm, lm_head)
+    applied to that mean gives, as its most probable readable token, one of the region's words."""
     g = torch.Generator().manual_seed(1)
     tokens = torch.randn(64, 576, generator=g) * 2
     monkeypatch.setattr(flame.model, "image_tokens", lambda images: tokens[None].clone())
     (m,) = word_maps(flame, picture(), windows=(2,), top_k=4)
     grid = tokens.view(8, 8, 576)
+    special = set(readout.tokenizer.all_special_ids)
     for i in range(4):
         for j in range(4):
             block = grid[2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(4, 576).mean(0)
-            want = readout.top_words(readout.probs(block), 4)
-            assert [w for w, _ in m.words[i][j]] == [w for w, _ in want]
-            assert [p for _, p in m.words[i][j]] == pytest.approx([p for _, p in want], rel=1e-4)
+            with torch.no_grad():
+                probs = full_smollm2.lm_head(full_smollm2.model.norm(block)).softmax(-1)
+            for tid in probs.argsort(descending=True)[:200].tolist():
+                text = readout.tokenizer.decode([tid]).strip()
+                if tid not in special and any(ch.isalnum() for ch in text):
+                    break
+            # Merging spellings (" dog" + "dog") can lift another word above it, never push it out
+            # of the top 4; and the top word is at least as probable as any one readable token.
+            assert text in [w for w, _ in m.words[i][j]]
+            assert m.words[i][j][0][1] >= float(probs[tid]) * (1 - 1e-4)
 
 
 def test_grid_not_divisible_by_the_window_drops_the_remainder(tmp_path, readout, monkeypatch):

@@ -78,6 +78,7 @@ def tiny_llm(arch: str, attn: str, tokenizer):
     return from_model(model, tokenizer, LLMSource(f"tiny-{arch}", "test", "", "0" * 64), layer=-2, attn_implementation=attn)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["fda", "kv", "separate"])
 def test_real_smollm2_routes_equal_separate_passes(smollm2, route):
     ref = reference(smollm2, CAPTIONS, "long7")
@@ -172,6 +173,7 @@ def test_empty_caption_is_an_error_naming_the_sample(smollm2):
         enc.encode(["fine", "   "], "single")
 
 
+@pytest.mark.slow
 def test_causal_ablation_route_is_not_decoupled(smollm2):
     # Without the decoupled mask facet 1 still sees only the shared part (it is first), but every
     # later facet also sees the prompts before it: it must differ from its separate pass.

@@ -333,3 +333,14 @@ def test_the_evaluator_runs_both_tasks(synthetic, demo_build, tmp_path, monkeypa
     assert probe["counts"] == {"train": 40, "test": 20}
     for r in (zs, probe):
         assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
+
+
+def test_class_order_is_the_datasets_own():
+    """Label i of the idx files means the i-th class of Fashion-MNIST's README (Xiao et al. 2017),
+    written out here independently of the module: a shifted list would mislabel every image."""
+    published = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+    assert len(CLASSNAMES) == len(published)
+    for ours, theirs in zip(CLASSNAMES, published):
+        assert ours.split()[0].lower() in theirs.lower(), (ours, theirs)
+

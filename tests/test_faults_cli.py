@@ -9,6 +9,7 @@ import time
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("after_s", [0.4, 1.0, 2.5])
 def test_ctrl_c_at_start_up_is_one_line(tmp_path, after_s):
     # `train` on a manifest that does not exist: start-up (imports, config) is all it does before

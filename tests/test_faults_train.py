@@ -43,6 +43,7 @@ def other_llm_store(data, tmp_path_factory):  # noqa: F811
     return folder / "store"
 
 
+@pytest.mark.slow
 def test_resume_with_another_llms_store_refuses_and_keeps_every_checkpoint(data, other_llm_store, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     train(cfg_for(data, out, "max_steps=4", "save_every=2"), progress=False)
@@ -145,6 +146,7 @@ def test_a_prompt_set_whose_prompts_is_a_string_is_refused(tmp_path):
     assert str(p) in str(e.value)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_given_another_llm_names_both(data, tmp_path):  # noqa: F811
     from flameclip.inference import load
 

@@ -72,6 +72,7 @@ def test_bf16_encoding_stays_close_to_fp32(smollm2):
     assert cos.min() > 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma3-270m", "qwen2.5-0.5b"])
 def test_other_packaged_llms_when_installed(name):
     first_chunk = PACKAGED_LLMS[name].chunks[0][0]

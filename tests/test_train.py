@@ -89,6 +89,7 @@ def _overrides(data, out, *extra):
             "positives=2", *TINY, *extra]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
     common = ["epochs=3", "save_every=2", "keep_checkpoints=10"]
     full = tmp_path / "full"
@@ -113,6 +114,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 15
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(data, tmp_path):
     # One process with batch 8 and two with batch 4 see the same global batches, so after the same
     # steps the weights must agree (up to float summation order).
