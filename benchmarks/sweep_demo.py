@@ -20,39 +20,36 @@ import math
 import time
 from pathlib import Path
 
-# name -> overrides; one grid for both sides, then what only one side has (a text adapter, centring
-# for FLAME; the text tower's size for CLIP).
+# name -> overrides; one grid for both sides, then what only one side has (a text adapter,
+# whitening for FLAME; the text tower's size for CLIP).
 BIAS = -round(math.log(32), 2)  # -log(batch): the sigmoid loss's prior that 1 text in 32 matches
+
+
+def sigmoid(lr: str = "1e-3", *extra: str) -> list[str]:
+    """The sigmoid loss with the initial bias at -ln(32), at learning rate ``lr``, plus ``extra``."""
+    return ["loss=\"sigmoid\"", f"lr={lr}", f"model.init_logit_bias={BIAS}", *extra]
+
+
 GRID = {
     "sigmoid-b10-lr1e-3 (reference init)": ["loss=\"sigmoid\"", "lr=1e-3", "model.init_logit_bias=-10.0"],
-    "sigmoid-b3.5-lr1e-3": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}"],
-    "sigmoid-b3.5-lr2e-3": ["loss=\"sigmoid\"", "lr=2e-3", f"model.init_logit_bias={BIAS}"],
+    "sigmoid-b3.5-lr1e-3": sigmoid("1e-3"),
+    "sigmoid-b3.5-lr2e-3": sigmoid("2e-3"),
     "softmax-lr1e-3": ["loss=\"softmax\"", "lr=1e-3"],
 }
 FLAME_ONLY = {
-    "sigmoid-b3.5-lr1e-3 adapter-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                      "model.text_adapter_depth=1"],
-    "sigmoid-b3.5-lr1e-3 whiten-0.5": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                       "model.text_whiten=0.5"],
-    "sigmoid-b3.5-lr1e-3 whiten-1": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                     "model.text_whiten=1.0"],
-    "sigmoid-b3.5-lr1e-3 whiten-0.75": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                        "model.text_whiten=0.75"],
-    "sigmoid-b3.5-lr1e-3 whiten-0.5 proj-256": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                                "model.text_whiten=0.5", "model.embed_dim=256"],
-    "sigmoid-b3.5-lr1e-3 whiten-0.5 positives-11": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                                    "model.text_whiten=0.5", "positives=11"],
+    "sigmoid-b3.5-lr1e-3 adapter-1": sigmoid("1e-3", "model.text_adapter_depth=1"),
+    "sigmoid-b3.5-lr1e-3 whiten-0.5": sigmoid("1e-3", "model.text_whiten=0.5"),
+    "sigmoid-b3.5-lr1e-3 whiten-1": sigmoid("1e-3", "model.text_whiten=1.0"),
+    "sigmoid-b3.5-lr1e-3 whiten-0.75": sigmoid("1e-3", "model.text_whiten=0.75"),
+    "sigmoid-b3.5-lr1e-3 whiten-0.5 proj-256": sigmoid("1e-3", "model.text_whiten=0.5", "model.embed_dim=256"),
+    "sigmoid-b3.5-lr1e-3 whiten-0.5 positives-11": sigmoid("1e-3", "model.text_whiten=0.5", "positives=11"),
     # With whitening at 0.75 (the demo's since): learning rate and the sigmoid loss's initial scale.
-    "sigmoid-b3.5-lr2e-3 whiten-0.75": ["loss=\"sigmoid\"", "lr=2e-3", f"model.init_logit_bias={BIAS}",
-                                        "model.text_whiten=0.75"],
-    "sigmoid-b3.5-lr5e-4 whiten-0.75": ["loss=\"sigmoid\"", "lr=5e-4", f"model.init_logit_bias={BIAS}",
-                                        "model.text_whiten=0.75"],
-    "sigmoid-b3.5-lr1e-3 whiten-0.75 scale-20": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                                 "model.text_whiten=0.75", "model.init_logit_scale=20.0"],
+    "sigmoid-b3.5-lr2e-3 whiten-0.75": sigmoid("2e-3", "model.text_whiten=0.75"),
+    "sigmoid-b3.5-lr5e-4 whiten-0.75": sigmoid("5e-4", "model.text_whiten=0.75"),
+    "sigmoid-b3.5-lr1e-3 whiten-0.75 scale-20": sigmoid("1e-3", "model.text_whiten=0.75", "model.init_logit_scale=20.0"),
 }
 CLIP_ONLY = {
-    "sigmoid-b3.5-lr1e-3 text-256x4": ["loss=\"sigmoid\"", "lr=1e-3", f"model.init_logit_bias={BIAS}",
-                                       "model.clip_width=256", "model.clip_layers=4"],
+    "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
 }
 
 

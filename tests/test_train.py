@@ -234,3 +234,16 @@ def test_text_centring_uses_the_store_mean_and_is_saved(data, tmp_path):
     x = torch.from_numpy(np.ascontiguousarray(rows[:2, 0]))
     expected = torch.nn.functional.normalize(x - want, dim=-1)
     assert torch.allclose(m.encode_text(x), expected, atol=1e-4)
+
+
+def test_train_leaves_the_callers_config_as_given(data, tmp_path):
+    """What the store decides (text width, LLM identity, facets) goes into the run's own copy."""
+    import copy
+
+    cfg = cfg_for(data, tmp_path / "run", "max_steps=2", "save_every=100", 'model.text_center="prompt"',
+                  "model.text_dim=7")
+    before = copy.deepcopy(cfg.to_dict())
+    res = train(cfg, progress=False)
+    assert cfg.to_dict() == before
+    saved = FlameModel.from_pretrained(str(res.checkpoint)).cfg
+    assert saved.text_dim != 7 and saved.llm and saved.text_facets  # the run itself did fill them in

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .config import ModelConfig
 from .store.atomic import file_sha256, fsync_dir, fsync_file, tmp_name, write_tmp_bytes
 from .vision import TokenProjector, build_image_tower
 
@@ -31,105 +32,6 @@ MODEL_FORMAT = "flameclip-model/2"
 READABLE_FORMATS = ("flameclip-model/1", MODEL_FORMAT)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-TEXT_TOWERS = ("llm", "clip")
-
-
-@dataclass
-class ModelConfig:
-    vision: str = "custom"  # timm model name (e.g. "vit_base_patch16_224") or "custom"
-    image_size: int = 64
-    patch_size: int = 8  # the custom ViT's; a timm name fixes its own
-    vision_width: int = 192
-    vision_depth: int = 6
-    vision_heads: int = 3
-    text_dim: int = 576  # width D of the stored LLM embeddings (FLAME)
-    # The shared space. None = the LLM space D itself (the reference). Set => a trainable
-    # Linear(D, embed_dim) on the text side and the image projector outputs embed_dim.
-    embed_dim: int | None = None
-    text_tower: str = "llm"  # "llm" = frozen LLM embeddings (FLAME) | "clip" = open_clip text transformer
-    clip_context_length: int = 77
-    clip_width: int = 256
-    clip_layers: int = 4
-    clip_heads: int = 4
-    init_logit_scale: float = 10.0  # the reference's initial values (sigmoid loss)
-    init_logit_bias: float = -10.0
-    max_logit_scale: float = 100.0
-    grad_checkpointing: bool = False
-    # Centre the stored text embeddings before normalising. LLM states share a few huge activations
-    # (SmolLM2: one dimension holds most of the norm), so all captions start with a cosine near 0.9.
-    #   false / "none": the reference (no centring);
-    #   true / "global": subtract one mean state of the training store;
-    #   "prompt": every prompt facet (single's one, long7's seven, ...) gets its own mean, since each
-    #     facet adds its own offset ("overall atmosphere" rows of any two scenes stay at cosine 0.8
-    #     after one global mean). Stored rows are centred as they are read, queries per facet
-    #     before their facets are averaged (see ``center_states``).
-    text_center: bool | str = False
-    # The prompt facets that "prompt" centring holds a mean for, as "set:index" (set from the store)
-    text_facets: list[str] = field(default_factory=list)
-    # Whiten the centred LLM states with a fixed matrix fitted once on the training store (frozen,
-    # like the centring): 0 = off (the reference); p in (0, 1] divides every principal direction
-    # by (its variance)^(p/2), so 1 is full whitening and 0.5 halves the spread of the spectrum.
-    # A few directions (template, length, prompt) hold most of the variance of raw states; what
-    # tells scenes apart lives in the small ones, which plain cosine similarity barely sees.
-    text_whiten: float = 0.0
-    # A trainable adapter on the frozen LLM states (FLAME only): this many residual MLP blocks of the
-    # text's own width, each zero-initialised so training starts from the paper's frozen-only text
-    # side. 0 (the default) is the paper's form; ShareLock and LiT-style setups train such a head.
-    text_adapter_depth: int = 0
-    # Stochastic depth in the custom ViT (timm's drop_path_rate): a regulariser against memorising.
-    vision_drop_path: float = 0.0
-    # name + fingerprint of the LLM that made the text embeddings; the LLM itself is never stored
-    llm: dict = field(default_factory=dict)
-
-    def validate(self) -> None:
-        # Checked when a model is built, not in __post_init__, so a config may be filled in field
-        # by field (e.g. from command-line flags) before it is complete.
-        if self.text_tower not in TEXT_TOWERS:
-            raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, got {self.text_tower!r}")
-        if self.text_tower == "clip" and not self.embed_dim:
-            raise ValueError("text_tower='clip' needs embed_dim: the CLIP baseline has no LLM space to share")
-        if self.embed_dim is not None and self.embed_dim <= 0:
-            raise ValueError(f"embed_dim must be positive or None, got {self.embed_dim}")
-        if self.center_mode not in ("none", "global", "prompt"):
-            raise ValueError(f"text_center must be true, false, \"global\" or \"prompt\", got {self.text_center!r}")
-        if not 0.0 <= self.text_whiten <= 1.0:
-            raise ValueError(f"text_whiten must be in [0, 1], got {self.text_whiten}")
-        if self.text_whiten and (self.text_tower != "llm" or self.center_mode == "none"):
-            raise ValueError("text_whiten applies to centred LLM states: set text_center to \"global\" or \"prompt\"")
-        if self.text_adapter_depth < 0:
-            raise ValueError(f"text_adapter_depth must be >= 0, got {self.text_adapter_depth}")
-        if self.text_adapter_depth and self.text_tower != "llm":
-            raise ValueError("text_adapter_depth applies to FLAME's frozen LLM states (text_tower='llm') only")
-        if not 0.0 <= self.vision_drop_path < 1.0:
-            raise ValueError(f"vision_drop_path must be in [0, 1), got {self.vision_drop_path}")
-        from .vision.tower import check_vision_name
-
-        try:
-            check_vision_name(self.vision)
-        except ValueError as e:
-            raise ValueError(str(e).replace("vision = ", "vision: ", 1)) from None
-        for key in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads", "clip_context_length",
-                    "clip_width", "clip_layers", "clip_heads"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
-        if self.vision == "custom" and self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
-        if self.vision == "custom" and self.vision_width % self.vision_heads:
-            raise ValueError(f"vision_width {self.vision_width} must be a multiple of vision_heads {self.vision_heads}")
-        if self.init_logit_scale <= 0 or self.max_logit_scale <= 0:
-            raise ValueError("init_logit_scale and max_logit_scale must be positive")
-
-    @property
-    def center_mode(self) -> str:
-        """``text_center`` as one word: none, global or prompt (true means global)."""
-        if isinstance(self.text_center, bool):
-            return "global" if self.text_center else "none"
-        return self.text_center
-
-    @property
-    def shared_dim(self) -> int:
-        """Width E of the space images and texts are compared in."""
-        return self.embed_dim or self.text_dim
 
 
 class ModelLoadError(RuntimeError):

@@ -13,6 +13,7 @@ therefore ends with the same weights as a run that was never stopped.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import math
 import os
@@ -206,6 +207,9 @@ class TrainResult:
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     validate_config(cfg)
+    # What the store decides (the text width, the LLM's identity, the facets) is filled into a
+    # copy: the caller's config stays as it was given, and can be reused for another run.
+    cfg = copy.deepcopy(cfg)
     d, device = init_distributed(cfg.device)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)

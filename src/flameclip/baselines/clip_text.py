@@ -12,7 +12,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig
+    from ..config import ModelConfig
 
 CLIP_VOCAB_SIZE = 49408  # the size of CLIP's BPE vocabulary (49152 merges + bytes + 2 specials)
 

@@ -33,7 +33,7 @@ Exactness rules kept by both packed routes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -43,8 +43,9 @@ from .prompts import PromptSet, clean_caption, load_prompt_set
 
 EXACT_ROUTES = ("fda", "kv", "separate")
 ROUTES = (*EXACT_ROUTES, "causal")
-# Which route is fastest, per device type, as measured by benchmarks/bench_fda.py (BENCHMARKS.md).
-DEFAULT_ROUTE = {"cpu": "fda", "cuda": "fda"}
+# "auto" picks FDA: the fastest exact route on the CPU and on the GPU alike, as measured by
+# benchmarks/bench_fda.py (BENCHMARKS.md).
+AUTO_ROUTE = "fda"
 
 
 class CaptionError(ValueError):
@@ -196,16 +197,29 @@ def pack_fda(items: list[TokenizedCaption], pad_id: int) -> PackedBatch:
     return PackedBatch(_pad(ids, pad_id), _pad(pos, 0, 0), _pad(seg, 0, -1), torch.tensor(read))
 
 
-@torch.inference_mode()
-def _run_fda(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor:
+def _run_packed(llm: FrozenLLM, items: list[TokenizedCaption], decoupled: bool) -> torch.Tensor:
+    """One pass over the packed sequences; the state at each facet's read index [N, K, D].
+
+    decoupled: FDA's mask and positions (each facet sees the shared part and itself, positioned as
+    if alone). Otherwise the causal ablation: one segment, positions 0..L-1, every token sees all
+    earlier real tokens.
+    """
     dev = llm.device
     b = pack_fda(items, llm.tokenizer.pad_token_id)
     pos, seg = b.position_ids.to(dev), b.segment.to(dev)
+    if not decoupled:
+        real = seg >= 0
+        pos = torch.arange(seg.shape[1], device=dev).expand_as(seg) * real
+        seg = torch.where(real, torch.zeros_like(seg), seg)  # one segment: nothing is decoupled
     mask = _build_masks(llm, pos, seg, pos, seg, torch.arange(pos.shape[1], device=dev))
-    out = llm.model(input_ids=b.input_ids.to(dev), position_ids=pos, attention_mask=mask, use_cache=False)
-    h = out.last_hidden_state
+    h = llm.model(input_ids=b.input_ids.to(dev), position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
     rows = torch.arange(len(items), device=dev)[:, None]
     return h[rows, b.read_index.to(dev)].float()
+
+
+@torch.inference_mode()
+def _run_fda(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor:
+    return _run_packed(llm, items, decoupled=True)
 
 
 @torch.inference_mode()
@@ -259,16 +273,7 @@ def _run_separate(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor
 @torch.inference_mode()
 def _run_causal(llm: FrozenLLM, items: list[TokenizedCaption]) -> torch.Tensor:
     """The packed sequence without decoupling: every token sees all earlier real tokens."""
-    dev = llm.device
-    b = pack_fda(items, llm.tokenizer.pad_token_id)
-    seg = b.segment.to(dev)
-    real = seg >= 0
-    pos = torch.arange(seg.shape[1], device=dev).expand_as(seg) * real  # 0..L-1 on real tokens
-    one = torch.where(real, torch.zeros_like(seg), seg)  # one segment: nothing is decoupled
-    mask = _build_masks(llm, pos, one, pos, one, torch.arange(seg.shape[1], device=dev))
-    h = llm.model(input_ids=b.input_ids.to(dev), position_ids=pos, attention_mask=mask, use_cache=False).last_hidden_state
-    rows = torch.arange(len(items), device=dev)[:, None]
-    return h[rows, b.read_index.to(dev)].float()
+    return _run_packed(llm, items, decoupled=False)
 
 
 _RUNNERS = {"fda": _run_fda, "kv": _run_kv, "separate": _run_separate, "causal": _run_causal}
@@ -279,7 +284,6 @@ class EncodeStats:
     captions: int = 0
     truncated: int = 0
     tokens: int = 0  # tokens actually run through the model (excluding padding)
-    truncated_indices: list[int] = field(default_factory=list)
 
 
 # The longest facet sequence read by default, prompt included. The demo's longest long7 facet is 268
@@ -304,7 +308,7 @@ class FacetEncoder:
 
     def __init__(self, llm: FrozenLLM, route: str = "auto", max_tokens: int | None = None, batch_size: int = 16):
         if route == "auto":
-            route = DEFAULT_ROUTE.get(llm.device.type, "fda")
+            route = AUTO_ROUTE
         if route not in ROUTES:
             raise ValueError(f"route must be one of {ROUTES} or 'auto', got '{route}'")
         self.llm, self.route, self.batch_size = llm, route, batch_size
@@ -342,10 +346,7 @@ class FacetEncoder:
         bar.close()
         self.stats.captions += len(items)
         self.stats.tokens += self._tokens_run(items)
-        for i, it in enumerate(items):
-            if it.truncated:
-                self.stats.truncated += 1
-                self.stats.truncated_indices.append(i)
+        self.stats.truncated += sum(it.truncated for it in items)
         return out
 
     def encode(self, captions: list[str], prompt_set: str | PromptSet = "long7", progress: bool = False) -> torch.Tensor:

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -228,7 +228,6 @@ class FrozenLLM:
     dtype: torch.dtype
     max_positions: int
     attn_implementation: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 if TYPE_CHECKING:
-    from ..model import ModelConfig
+    from ..config import ModelConfig
 
 
 class ImageTower(nn.Module):
