@@ -244,7 +244,7 @@ def _tasks(suite: Path) -> dict[str, dict]:
 
 
 def test_suite_gets_both_tasks_when_the_data_is_there(synthetic, demo_build, tmp_path, capsys):
-    from flameclip.data.demo.build import FASHION_TEMPLATES
+    from flameclip.data.demo.suite import FASHION_TEMPLATES
     from flameclip.evaluate.datasets import load_classification
     from flameclip.evaluate.tasks import load_suite
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -54,6 +53,7 @@ from .scenes import (
     sample_scene,
     short_caption,
 )
+from .suite import SUITE_TOML, fashion_mnist_tasks
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
 BUILD_VERSION = 2
@@ -71,45 +71,9 @@ SCALES = {
 # the package or changing its sizes rebuilds only that subset, never the emoji scenes.
 FASHION_SIZES = ("fashion_train", "fashion_test")
 
-# Zero-shot templates for Fashion-MNIST, given explicitly: the demo replaces only template lists
-# that are unset, with emoji templates. The images are grey photos of single garments.
-FASHION_TEMPLATES = ["{c}", "a photo of a {c}.", "a black and white photo of a {c}."]
-
 # Part of every image's seed, so that the splits never share a random stream.
 SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL = range(6)
 
-SUITE_TOML = """\
-# The demo evaluation suite; paths are relative to this file.
-[[task]]
-task = "zeroshot"
-name = "emoji-glyphs"
-path = "zeroshot"
-
-[[task]]
-task = "retrieval"
-name = "scenes-long"
-path = "long_retrieval.jsonl"
-mode = "long7"
-
-[[task]]
-task = "retrieval"
-name = "scenes-novel-phrasing"
-path = "novel_retrieval.jsonl"
-mode = "long7"
-
-[[task]]
-task = "retrieval"
-name = "scenes-short"
-path = "short_retrieval.jsonl"
-# short3, the prompt set the short captions were stored with: on held-out training scenes it gives
-# FLAME text->image R@1 20.0 against 14.7 with "single" (BENCHMARKS.md, demo LLM)
-mode = "short3"
-
-[[task]]
-task = "multilingual"
-name = "emoji-names"
-path = "multilingual.jsonl"
-"""
 
 
 def _paths(root: Path) -> dict[str, Path]:
@@ -230,7 +194,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
         _build_emoji(root, paths["done"], emoji_params, progress)
     # Checked on every call, not recorded in DONE.json: the package may be installed or removed
     # between runs, and the suite should follow without rebuilding the emoji sets.
-    _write_if_changed(paths["suite"], SUITE_TOML + _fashion_mnist_tasks(paths, params, progress))
+    _write_if_changed(paths["suite"], SUITE_TOML + fashion_mnist_tasks(paths, params, progress))
     return paths
 
 
@@ -254,37 +218,6 @@ def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
         (scratch / part).rename(root / part)
     shutil.rmtree(scratch)
     done.write_text(json.dumps({"params": params, "counts": counts}, indent=2) + "\n", encoding="utf-8")
-
-
-def _fashion_mnist_tasks(paths: dict[str, Path], params: dict, progress: bool) -> str:
-    """Build the Fashion-MNIST subset when the files are there; its suite tables, or "" without it."""
-    if not (params["fashion_train"] and params["fashion_test"]):
-        return ""  # asked to leave it out
-    source = FM.find_fashion_mnist()
-    if source is None:
-        print(f"note: {FM.not_found_message()}", file=sys.stderr, flush=True)
-        return ""
-    fm = FM.build_fashion_mnist(paths["fashion_mnist"], params["fashion_train"], params["fashion_test"],
-                                params["seed"], source=source, progress=progress)
-    rel = Path(os.path.relpath(fm["root"], paths["suite"].parent)).as_posix()
-    names = json.dumps(FM.CLASSNAMES)  # a JSON array of plain strings is a TOML array
-    return f"""
-# Fashion-MNIST (Debian package dataset-fashion-mnist): zero-shot on {params['fashion_test']} t10k images,
-# a linear probe trained on {params['fashion_train']} train images and tested on the same t10k images.
-[[task]]
-task = "zeroshot"
-name = "fashion-mnist"
-path = "{rel}/test.jsonl"
-classnames = {names}
-templates = {json.dumps(FASHION_TEMPLATES)}
-
-[[task]]
-task = "linear_probe"
-name = "fashion-mnist-probe"
-train = "{rel}/train.jsonl"
-test = "{rel}/test.jsonl"
-classnames = {names}
-"""
 
 
 def _write_if_changed(path: Path, text: str) -> None:
