@@ -3,11 +3,9 @@
 Word maps (``flameclip.explain``) decode image tokens trained to look like hidden states this way.
 
 Which LLM. ``load_llm`` truncates the decoder and replaces the final norm by Identity, so it cannot
-be used here. Only the final norm and ``lm_head`` are needed, and they are a small part of the
-model, so :func:`load_readout` builds the model's skeleton on the ``meta`` device (no memory, and the
-right norm class: Gemma's norm multiplies by ``1 + weight``, Llama's by ``weight``) and reads just
-those tensors from the safetensors files (tied heads read the input embedding, as HF does). Only if
-a folder names its tensors differently does it fall back to loading the whole model.
+be used here. :func:`load_readout` loads the model with HF's own loader and keeps only its final
+norm (the right class: Gemma's multiplies by ``1 + weight``, Llama's by ``weight``) and ``lm_head``
+(a tied head reads the input embedding, as HF does).
 
 Words. A token is shown if it is not a special token and its decoded text (spaces and the "Ġ"/"▁"
 word markers stripped) contains a letter or digit; pure punctuation, whitespace and partial UTF-8
@@ -87,17 +85,6 @@ def _vocabulary_words(tokenizer, vocab_size: int) -> list[str]:
     return words + [""] * (vocab_size - n)
 
 
-def _safetensors_index(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the .safetensors file holding it (headers only: nothing is read yet)."""
-    from safetensors import safe_open
-
-    index = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as f:
-            index.update(dict.fromkeys(f.keys(), path))
-    return index
-
-
 def _final_norm(model: nn.Module) -> nn.Module:
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
     norm = getattr(decoder, "norm", None)
@@ -106,57 +93,20 @@ def _final_norm(model: nn.Module) -> nn.Module:
     return norm
 
 
-def _stored_names(module: nn.Module, aliases: dict[int, list[str]], index: dict[str, Path]) -> dict[str, str] | None:
-    """The module's state-dict keys -> names of those tensors in the files, or None if one is not stored."""
-    own = dict(module.named_parameters()) | dict(module.named_buffers())
-    if set(own) != set(module.state_dict()):  # a non-persistent buffer: in no file
-        return None
-    names = {}
-    for local, tensor in own.items():
-        stored = [n for n in aliases[id(tensor)] if n in index]
-        if not stored:
-            return None
-        names[local] = stored[0]
-    return names
-
-
 def _load_head_modules(folder: str | Path) -> tuple[nn.Module, nn.Module]:
     """The final norm and output head of the causal LM in an HF folder, as fp32 CPU modules.
 
-    The skeleton is built on the meta device (free) to learn the modules' classes, their tensor
-    names and whether the head is tied to the input embedding; then only those tensors are read.
+    HF's own loader reads the model (so tied heads, renamed tensors and each architecture's norm
+    class are handled as HF handles them); only the two modules are kept, the decoder is dropped.
+    The packaged LLMs are small enough that reading them whole costs a few seconds, once a process.
     """
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    folder = Path(folder)
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    modules = (_final_norm(skeleton), skeleton.get_output_embeddings())
-    # Every name each tensor goes by: a tied head's weight is the input embedding's Parameter, and
-    # the file stores it under one of its names only (usually the embedding's).
-    aliases: dict[int, list[str]] = {}
-    for name, tensor in [*skeleton.named_parameters(remove_duplicate=False),
-                         *skeleton.named_buffers(remove_duplicate=False)]:
-        aliases.setdefault(id(tensor), []).append(name)
-    index = _safetensors_index(folder)
-    plans = [_stored_names(m, aliases, index) for m in modules]
-    if None in plans:
-        # Tensors under other names (e.g. a folder written by another tool): HF's loader knows the
-        # renames, at the cost of reading the whole model once.
-        full = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
-        modules = (_final_norm(full), full.get_output_embeddings())
-        return tuple(m.float().eval().requires_grad_(False) for m in modules)
-    for module, plan in zip(modules, plans):
-        state = {}
-        for local, key in plan.items():
-            with safe_open(str(index[key]), framework="pt") as f:
-                state[local] = f.get_tensor(key).to(torch.float32)
-        module.to_empty(device="cpu")
-        module.load_state_dict(state, strict=True)
-        module.float().eval().requires_grad_(False)
-    return modules
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True)
+    # A tied head keeps the embedding matrix alive through its own weight; the rest is freed.
+    norm, head = _final_norm(model), model.get_output_embeddings()
+    del model
+    return tuple(m.float().eval().requires_grad_(False) for m in (norm, head))
 
 
 # One readout kept in memory: a CLI call or test session explains many images with one LLM, and
