@@ -22,7 +22,7 @@ from flameclip.explain import (
 )
 from flameclip.inference import load
 from flameclip.model import FlameModel, ModelConfig
-from flameclip.text.llm import _convert_gguf, resolve
+from flameclip.text.llm import hf_folder, resolve
 
 # 32 px images in 4 px patches: an 8x8 patch grid, so 2x2 windows give 4x4 regions and 4x4 windows 2x2.
 TINY = dict(vision="custom", image_size=32, patch_size=4, vision_width=32, vision_depth=1, vision_heads=2,
@@ -57,7 +57,7 @@ def readout():
 @pytest.fixture(scope="module")
 def full_smollm2():
     """The whole SmolLM2 as HF builds it: the reference the readout must match."""
-    folder = _convert_gguf(resolve("smollm2-135m"))
+    folder = hf_folder(resolve("smollm2-135m"))
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True).eval()
 
 

@@ -30,10 +30,10 @@ def _tree_digest(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def other_llm_store(data, tmp_path_factory):  # noqa: F811
     """The same captions embedded by another LLM of the same width (SmolLM2's architecture, random weights)."""
-    from flameclip.text.llm import LLMNotFoundError, _convert_gguf, resolve
+    from flameclip.text.llm import LLMNotFoundError, hf_folder, resolve
 
     try:
-        src = _convert_gguf(resolve("smollm2-135m"))
+        src = hf_folder(resolve("smollm2-135m"))
     except LLMNotFoundError as e:
         pytest.fail(str(e))  # the packaged LLM is a dependency, not an option
     folder = tmp_path_factory.mktemp("other")

@@ -49,10 +49,10 @@ def _sources() -> list[str]:
 def llm_dir(request, tmp_path_factory):
     src = request.param
     if src.startswith("packaged:"):
-        from flameclip.text.llm import LLMNotFoundError, _convert_gguf, resolve
+        from flameclip.text.llm import LLMNotFoundError, hf_folder, resolve
 
         try:
-            src = str(_convert_gguf(resolve(src.split(":", 1)[1])))
+            src = str(hf_folder(resolve(src.split(":", 1)[1])))
         except LLMNotFoundError as e:
             pytest.skip(str(e))
     return make_random_llm(src, tmp_path_factory.mktemp("llm") / Path(src).name)

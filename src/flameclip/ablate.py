@@ -50,10 +50,10 @@ def middle_layer(llm: str) -> int:
     """The middle decoder layer of an LLM, read from its config (no weights loaded)."""
     from transformers import AutoConfig
 
-    from .text.llm import _convert_gguf, resolve
+    from .text.llm import hf_folder, resolve
 
     src = resolve(llm)
-    folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+    folder = hf_folder(src)
     return AutoConfig.from_pretrained(str(folder), local_files_only=True).num_hidden_layers // 2
 
 

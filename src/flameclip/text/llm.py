@@ -179,6 +179,11 @@ def _cached_file_hash(path: Path) -> str:
     return digest
 
 
+def hf_folder(src: LLMSource) -> Path:
+    """The Hugging Face folder to load ``src`` from: its own folder, or its GGUF's converted copy."""
+    return Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+
+
 def _convert_gguf(src: LLMSource) -> Path:
     """Dequantise a GGUF once into an HF folder (safetensors) and return that folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -307,7 +312,7 @@ def load_llm(
     hf_logging.disable_progress_bar()
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     src = resolve(name_or_path)
-    folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+    folder = hf_folder(src)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(
         str(folder), dtype=torch_dtype, local_files_only=True, attn_implementation=attn_implementation

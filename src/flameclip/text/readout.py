@@ -119,13 +119,13 @@ def load_readout(llm: str) -> Readout:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .llm import _convert_gguf, resolve
+    from .llm import hf_folder, resolve
 
     src = resolve(llm)
     if src.weights_sha256 in _CACHE:
         return _CACHE[src.weights_sha256]
     hf_logging.disable_progress_bar()
-    folder = Path(src.path) if src.kind == "hf" else _convert_gguf(src)
+    folder = hf_folder(src)
     norm, head = _load_head_modules(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     vocab_size, hidden_size = head.weight.shape
