@@ -15,6 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from flameclip import search as fs
+from flameclip import search_cli
+from flameclip.contact_sheet import contact_sheet
 from flameclip.data.images import DataError
 from flameclip.inference import load
 from flameclip.model import FlameModel, ModelConfig
@@ -168,7 +170,7 @@ def test_contact_sheet(setup, tmp_path):
     query = "a very long query about coloured shapes " * 10  # 400 characters: wrapped and truncated
     results = fs.search(setup["index"], setup["ckpt"], query, k=7)
     results.append(("gone/missing.png", 0.01))  # deleted since indexing: a placeholder, not a crash
-    path = fs.contact_sheet(results, setup["images"], tmp_path / "sheets" / "r.png", query)
+    path = contact_sheet(results, setup["images"], tmp_path / "sheets" / "r.png", query)
     with Image.open(path) as im:
         assert im.format == "PNG"
         assert im.width > 100 and im.height > 100
@@ -199,13 +201,13 @@ def test_empty_folder_and_missing_index(setup, tmp_path):
 def test_cli_index_and_search(setup, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    fs.add_index_parser(sub)
-    fs.add_search_parser(sub)
+    search_cli.add_index_parser(sub)
+    search_cli.add_search_parser(sub)
 
     out = tmp_path / "idx"
     args = parser.parse_args(["index", str(setup["images"]), "--checkpoint", str(setup["ckpt"]), "--out", str(out),
                               "--batch-size", "4", "--no-progress", "--device", "cpu"])
-    assert fs.run_index(args) == 0
+    assert search_cli.run_index(args) == 0
     text = capsys.readouterr().out
     for label in ("indexed", "skipped (not an image)", "skipped (unreadable)", "images/s", "index size"):
         assert label in text
@@ -216,7 +218,7 @@ def test_cli_index_and_search(setup, tmp_path, capsys):
     png = tmp_path / "results.png"
     args = parser.parse_args(["search", "a green circle", "--index", str(out), "--checkpoint", str(setup["ckpt"]),
                               "--k", "3", "--out", str(png), "--device", "cpu"])
-    assert fs.run_search(args) == 0
+    assert search_cli.run_search(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["rank", "score", "path"]
     ranks = [line.split(maxsplit=2) for line in lines[1:4]]

@@ -192,7 +192,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from . import ablate as _ablate
     from . import demo as _demo
     from . import explain as _explain
-    from . import search as _search
+    from . import search_cli as _search_cli
 
     parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -203,12 +203,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _demo.add_parser(sub)
     _ablate.add_parser(sub)
     _explain.add_parser(sub)
-    _search.add_index_parser(sub)
-    _search.add_search_parser(sub)
+    _search_cli.add_index_parser(sub)
+    _search_cli.add_search_parser(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     commands = {"embed": cmd_embed, "verify": cmd_verify, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
-                "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search.run_index,
-                "search": _search.run_search}
+                "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search_cli.run_index,
+                "search": _search_cli.run_search}
     return parser, commands
 
 
