@@ -47,9 +47,13 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr2e-3 whiten-0.75": sigmoid("2e-3", "model.text_whiten=0.75"),
     "sigmoid-b3.5-lr5e-4 whiten-0.75": sigmoid("5e-4", "model.text_whiten=0.75"),
     "sigmoid-b3.5-lr1e-3 whiten-0.75 scale-20": sigmoid("1e-3", "model.text_whiten=0.75", "model.init_logit_scale=20.0"),
+    # The image tower's stem: 3x3 stride-2 convolutions instead of the 8x8 patchify (both sides).
+    "sigmoid-b3.5-lr1e-3 whiten-0.75 conv-stem": sigmoid("1e-3", "model.text_whiten=0.75",
+                                                         "model.vision_stem=\"conv\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
+    "softmax-lr1e-3 conv-stem": ["loss=\"softmax\"", "lr=1e-3", "model.vision_stem=\"conv\""],
 }
 
 

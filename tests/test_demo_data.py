@@ -312,3 +312,28 @@ def test_sparse_scenes_and_the_validation_split(tmp_path):
         build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, sparse_percent=101)
     with pytest.raises(ValueError, match="n_val"):
         build_demo_data(tmp_path / "c", "cpu", progress=False, **{**TINY, "n_val": TINY["n_train"]})
+
+
+def test_views_redraw_fit_scenes_and_keep_every_caption_true(tmp_path):
+    p = build_demo_data(tmp_path / "d", "cpu", seed=0, progress=False, **{**TINY, "n_train": 30, "n_val": 5},
+                        train_views=2)
+    fit, val = _jsonl(p["fit_manifest"]), _jsonl(p["val_manifest"])
+    assert all(len(r["views"]) == 2 for r in fit) and not any("views" in r for r in val)
+    root = Path(p["fit_manifest"]).parent
+    moved = 0
+    for r in fit:
+        main = np.asarray(Image.open(root / r["image"]))
+        for v in r["views"]:
+            moved += not np.array_equal(main, np.asarray(Image.open(root / v)))
+    assert moved >= len(fit)  # most drawings differ from their scene's first image
+    # The glyphs move, the captions do not: every redrawn scene says exactly what the first one says.
+    rng = np.random.default_rng(0)
+    vocab = G.vocabulary(100)
+    for _ in range(50):
+        scene = SC.sample_scene(rng, vocab, 64)
+        view = SC.jitter_view(scene, rng)
+        assert SC.captions(view) == SC.captions(scene)
+        assert [(o.cell, o.size, o.px) for o in view.objects] == [(o.cell, o.size, o.px) for o in scene.objects]
+        assert SC.max_occlusion(view.objects, 64) <= SC.MAX_OCCLUSION
+    with pytest.raises(ValueError, match="train_views"):
+        build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, train_views=-1)

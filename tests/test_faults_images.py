@@ -1,6 +1,7 @@
 """Hostile image files: over-large, truncated, not images. Refused by size before decoding, named."""
 
 import pytest
+import torch
 from PIL import Image
 
 from flameclip.data.image_io import ImageTooLarge, open_rgb
@@ -38,3 +39,22 @@ def test_evaluation_names_every_bad_file_and_why(tmp_path, huge_png):
     assert msg.startswith("3 unreadable image(s)")
     assert "huge.png (ImageTooLarge: 8000x8000 pixels is over the limit of 50 MP)" in msg
     assert "cut.png (" in msg and "notes.png (UnidentifiedImageError)" in msg
+
+
+def test_evaluation_images_stream_one_batch_at_a_time(tmp_path):
+    # A large evaluation set must not be decoded into memory before the first batch is used.
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(paths[-1])
+    seen = []
+
+    def transform(im):
+        seen.append(im.getpixel((0, 0))[0])
+        return torch.zeros(3, 8, 8)
+
+    batches = iterate_images(paths, transform, batch_size=3)
+    x, idx = next(batches)
+    assert x.shape == (3, 3, 8, 8) and idx == [0, 1, 2]
+    assert seen == [0, 1, 2]
+    assert [i for _, b in batches for i in b] == list(range(3, 10))

@@ -314,3 +314,19 @@ def test_text_adapter_and_drop_path_settings_are_checked():
                                vision_drop_path=0.2))
     rates = [b.drop_path1.drop_prob for b in m.visual.trunk.blocks if hasattr(b.drop_path1, "drop_prob")]
     assert rates and max(rates) == pytest.approx(0.2)
+
+
+def test_conv_stem_gives_the_patch_grid_and_survives_a_round_trip(tmp_path):
+    torch.manual_seed(0)
+    patch, conv = FlameModel(llm_cfg()), FlameModel(llm_cfg(vision_stem="conv"))
+    assert type(conv.visual.trunk.patch_embed).__name__ == "ConvStem"
+    x = images()
+    assert conv.visual(x).shape == patch.visual(x).shape
+    conv.save_pretrained(str(tmp_path / "c"))
+    loaded = FlameModel.from_pretrained(str(tmp_path / "c"))
+    assert loaded.cfg.vision_stem == "conv"
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(x), conv.encode_image(x))
+    for bad in (dict(vision_stem="convs"), dict(vision_stem="conv", patch_size=6, image_size=18)):
+        with pytest.raises(ValueError, match="vision_stem"):
+            llm_cfg(**bad).validate()

@@ -123,14 +123,20 @@ def test_lookup_many_shards(tmp_path):
         store.get("sample/absent")
 
 
-def test_hash_collisions_never_return_the_wrong_row(tmp_path, monkeypatch):
+@pytest.mark.parametrize("index_format", ["id arrays", "ids.json only (older stores)"])
+def test_hash_collisions_never_return_the_wrong_row(tmp_path, monkeypatch, index_format):
     # Every id hashes to one of two values: buckets and hashes collide everywhere, so only the
-    # confirmation against ids.json can pick the right row.
-    monkeypatch.setattr(index_module, "hash_id", lambda s: 2**63 + (len(s) % 2))
+    # confirmation against the stored id (the index's id bytes, or an older store's ids.json) can
+    # pick the right row.
+    monkeypatch.setattr(index_module, "hash_bytes", lambda b: 2**63 + (len(b) % 2))
     ids = [f"x{'y' * (i % 3)}-{i}" for i in range(40)]
     rows = make_rows(40)
-    build(tmp_path / "s", ids, rows, dtype="fp32")
+    build(tmp_path / "s", ids, rows, dtype="fp32", shard_size=7)
+    if index_format != "id arrays":
+        for name in index_module.ID_ARRAYS:
+            (tmp_path / "s" / "index" / f"{name}.npy").unlink()
     store = EmbeddingStore(tmp_path / "s")
+    assert (store._index.id_bytes is None) == (index_format != "id arrays")
     for i, sample_id in enumerate(ids):
         np.testing.assert_array_equal(store.get(sample_id), rows[i])
     assert "x-999" not in store

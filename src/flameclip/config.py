@@ -65,6 +65,10 @@ class ModelConfig:
     text_adapter_depth: int = 0
     # Stochastic depth in the custom ViT (timm's drop_path_rate): a regulariser against memorising.
     vision_drop_path: float = 0.0
+    # How the custom ViT cuts the image into tokens: "patch" (one strided convolution, the ViT's) or
+    # "conv" (a stack of 3x3 stride-2 convolutions down to the same grid, Xiao et al. 2021, "Early
+    # convolutions help transformers see better"): a small-data prior that costs little compute.
+    vision_stem: str = "patch"
     # name + fingerprint of the LLM that made the text embeddings; the LLM itself is never stored
     llm: dict = field(default_factory=dict)
 
@@ -89,6 +93,10 @@ class ModelConfig:
             raise ValueError("text_adapter_depth applies to FLAME's frozen LLM states (text_tower='llm') only")
         if not 0.0 <= self.vision_drop_path < 1.0:
             raise ValueError(f"vision_drop_path must be in [0, 1), got {self.vision_drop_path}")
+        if self.vision_stem not in ("patch", "conv"):
+            raise ValueError(f"vision_stem must be \"patch\" or \"conv\", got {self.vision_stem!r}")
+        if self.vision_stem == "conv" and (self.vision != "custom" or self.patch_size & (self.patch_size - 1)):
+            raise ValueError("vision_stem=\"conv\" needs vision=\"custom\" and a power-of-two patch_size")
         from .vision.tower import check_vision_name
 
         try:

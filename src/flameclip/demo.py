@@ -40,6 +40,7 @@ class DemoSizes:
     eval_every: int = 50  # steps between two points of the learning curves
     fractions: tuple[float, ...] = (0.25, 0.5)  # FLAME's data-efficiency runs (share of the fit scenes)
     sparse_percent: int = 50  # share of training scenes with only 1-3 glyphs (see data/demo/build.py)
+    train_views: int = 0  # extra drawings of each fit scene, glyphs moved within their cells
 
 
 SIZES = {
@@ -83,7 +84,7 @@ def data_kwargs(scale: str) -> dict:
     """What ``build_demo_data`` is given at a demo scale (tiny: a few samples of every set)."""
     sizes = SIZES[scale]
     kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "n_val": sizes.n_val,
-          "sparse_percent": sizes.sparse_percent, "image_size": sizes.image_size}
+          "sparse_percent": sizes.sparse_percent, "train_views": sizes.train_views, "image_size": sizes.image_size}
     if scale == "tiny":
         kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,
                   fashion_train=40, fashion_test=20)
@@ -120,6 +121,8 @@ def subset_manifest(manifest: Path, fraction: float, out: Path) -> Path:
     keep = [json.loads(ln) for ln in lines[: max(1, round(fraction * len(lines)))]]
     for r in keep:
         r["image"] = str((manifest.parent / r["image"]).resolve())
+        if r.get("views"):
+            r["views"] = [str((manifest.parent / v).resolve()) for v in r["views"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")

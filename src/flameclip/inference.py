@@ -6,9 +6,9 @@ name and weights hash) under a prompt set, and then through the model's (usually
 * ``mode="single"``: the single prompt; zero-shot class names, short and non-English queries;
 * ``mode="long7"`` (or ``"short3"``): the facet states are averaged, then normalised; long queries.
 
-LLM outputs are cached on disk in an embedding store keyed by the LLM's fingerprint, the prompt
-set and the texts, so a second checkpoint trained on the same LLM, or a second evaluation, does not
-run the LLM again; the LLM is loaded only on a cache miss.
+LLM outputs are cached on disk (``text_cache.py``), keyed by the LLM's fingerprint, the prompt set
+and the texts, so a second checkpoint trained on the same LLM, or a second evaluation, does not run
+the LLM again; the LLM is loaded only on a cache miss.
 
 The CLIP-benchmark contract is met by :meth:`FlameCLIP.as_clip_benchmark`, which returns
 ``(model, transform, tokenizer)`` where ``tokenizer(texts)`` gives what ``model.encode_text`` takes.
@@ -16,84 +16,14 @@ The CLIP-benchmark contract is met by :meth:`FlameCLIP.as_clip_benchmark`, which
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data.transforms import eval_transform
 from .model import FlameModel
-from .text.llm import cache_dir
-
-
-def _text_cache_root() -> Path:
-    return cache_dir() / "text-embeddings"
-
-
-class TextEmbeddingCache:
-    """LLM facet states ``[N, K, D]`` of texts, memoised per text on disk and in memory.
-
-    Under ``root/<llm + prompt set>/`` every computation writes one embedding store whose ids are
-    the texts' hashes; a lookup checks the stores already there (O(1) per id) and runs the LLM only
-    for texts none of them holds. The stores carry the LLM fingerprint, so a stale folder is ignored.
-    """
-
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root else _text_cache_root()
-        self._memo: dict[tuple[str, str], np.ndarray] = {}
-        self._stores: dict[str, object] = {}
-
-    @staticmethod
-    def text_id(text: str) -> str:
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def folder(self, llm_fp: dict, prompt_set) -> Path:
-        h = hashlib.sha256(json.dumps(llm_fp, sort_keys=True).encode() + prompt_set.fingerprint().encode())
-        return self.root / h.hexdigest()[:24]
-
-    def _open_stores(self, folder: Path, llm_fp: dict):
-        from .store import EmbeddingStore
-
-        for sub in sorted(folder.glob("*")) if folder.exists() else []:
-            if str(sub) in self._stores or not (sub / "manifest.json").exists():
-                continue
-            try:
-                self._stores[str(sub)] = EmbeddingStore(sub, expect_fingerprint=llm_fp)
-            except (ValueError, RuntimeError, FileNotFoundError):
-                self._stores[str(sub)] = None  # incomplete or foreign: ignore it
-        return [st for key, st in self._stores.items() if st is not None and key.startswith(str(folder))]
-
-    def get_or_compute(self, llm_fp: dict, prompt_set, texts: list[str], encoder_factory, progress: bool = False):
-        from .store import StoreWriter
-
-        folder = self.folder(llm_fp, prompt_set)
-        fkey = str(folder)
-        unique = list(dict.fromkeys(texts))
-        ids = {t: self.text_id(t) for t in unique}
-        missing = [t for t in unique if (fkey, ids[t]) not in self._memo]
-        if missing:
-            for store in self._open_stores(folder, llm_fp):
-                for t in [t for t in missing if ids[t] in store]:
-                    self._memo[(fkey, ids[t])] = store.get(ids[t])
-                missing = [t for t in missing if (fkey, ids[t]) not in self._memo]
-                if not missing:
-                    break
-        if missing:
-            states = encoder_factory().encode(missing, prompt_set, progress=progress).numpy()
-            new_ids = [ids[t] for t in missing]
-            sub = folder / hashlib.sha256("\n".join(new_ids).encode()).hexdigest()[:16]
-            writer = StoreWriter(sub, fingerprint=llm_fp, columns=[{"name": "text", "k": prompt_set.k}],
-                                 dim=states.shape[-1], ids=new_ids, shard_size=4096, dtype="fp32")
-            for j in writer.pending_shards():
-                lo, hi = writer.shard_range(j)
-                writer.write_shard(j, states[lo:hi])
-            writer.finalize()
-            for t, row in zip(missing, states):
-                self._memo[(fkey, ids[t])] = row
-        return torch.from_numpy(np.stack([self._memo[(fkey, ids[t])] for t in texts]))
+from .text_cache import TextEmbeddingCache
 
 
 class FlameCLIP:

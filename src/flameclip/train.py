@@ -118,7 +118,7 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
 
         text = CaptionTokens(cfg.captions, cfg.text_columns or ["caption"], clip_tokenizer(), positives=1)
     tf = train_transform(cfg.model.image_size) if train else eval_transform(cfg.model.image_size)
-    return ImageTextDataset(records, text, tf, seed=cfg.seed)
+    return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
 
 
 def loader_for(ds, cfg: TrainConfig, d: Dist, epoch: int, start_batch: int = 0):

@@ -38,6 +38,9 @@ class ImageRecord:
     path: str  # an image file, or the tar shard that holds the image
     offset: int = -1  # byte offset of the image inside the tar shard (-1: a plain file)
     size: int = 0
+    # Other image files of the same sample, each as true to its captions as ``path`` (other
+    # drawings or photos of one scene); training picks one of path + views per epoch.
+    views: tuple[str, ...] = ()
 
 
 def read_webdataset(pattern: str) -> list[ImageRecord]:
@@ -86,8 +89,12 @@ def read_images(source: str, image_root: str | None = None) -> list[ImageRecord]
 
 
 def read_image_manifest(path: str | Path, image_root: str | Path | None = None, id_column: str = "id",
-                        image_column: str = "image") -> list[ImageRecord]:
-    """(id, image path) per record; relative paths are taken from ``image_root`` or the manifest's folder."""
+                        image_column: str = "image", views_column: str = "views") -> list[ImageRecord]:
+    """(id, image path) per record; relative paths are taken from ``image_root`` or the manifest's folder.
+
+    An optional ``views`` column lists more images of the same sample (a list, or paths joined by
+    "|" in a CSV); training draws one of the image and its views per epoch.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: image manifest not found")
@@ -102,8 +109,13 @@ def read_image_manifest(path: str | Path, image_root: str | Path | None = None, 
             if sid in seen:
                 raise DataError(f"{path}: id '{sid}' appears twice; ids must be unique")
             seen.add(sid)
-            p = Path(str(img))
-            out.append(ImageRecord(sid, str(p if p.is_absolute() else root / p)))
+            views = rec.get(views_column) or ()
+            if isinstance(views, str):
+                views = [v for v in views.split("|") if v]
+            if not isinstance(views, (list, tuple)) or not all(isinstance(v, str) and v for v in views):
+                raise DataError(f"{path}: record {n} ('{sid}'): '{views_column}' must be a list of image paths")
+            full = [str(q if q.is_absolute() else root / q) for q in map(Path, [str(img), *views])]
+            out.append(ImageRecord(sid, full[0], views=tuple(full[1:])))
     except CaptionsFileError as e:
         raise DataError(str(e)) from None
     if not out:
@@ -169,19 +181,24 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     max_replacements = 16
 
-    def __init__(self, records: list[ImageRecord], text, transform, seed: int = 0):
+    def __init__(self, records: list[ImageRecord], text, transform, seed: int = 0, use_views: bool = False):
         self.records, self.text, self.transform, self.seed = records, text, transform, seed
+        self.use_views = use_views  # training: one of image + views per epoch; evaluation: the image
         text.check_ids([r.id for r in records])
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, rec: ImageRecord) -> Image.Image:
+    def _load(self, rec: ImageRecord, epoch: int, index: int) -> Image.Image:
         if rec.offset >= 0:  # inside a tar shard
             with open(rec.path, "rb") as f:
                 f.seek(rec.offset)
                 data = f.read(rec.size)
             return open_rgb(io.BytesIO(data), f"{rec.path}:{rec.id}")
+        if self.use_views and rec.views:
+            # A stream of its own, so that samples without views draw exactly what they drew before.
+            pick = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(len(rec.views) + 1))
+            return open_rgb(rec.views[pick - 1] if pick else rec.path)
         return open_rgb(rec.path)
 
     def __getitem__(self, key: tuple[int, int]):
@@ -190,7 +207,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         for attempt in range(self.max_replacements):
             rec = self.records[(index + attempt) % len(self.records)]
             try:
-                image = self._load(rec)
+                image = self._load(rec, epoch, index)
                 break
             except UNREADABLE as e:
                 bad.append((rec.id, rec.path, why_unreadable(e)))

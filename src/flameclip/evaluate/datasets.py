@@ -155,16 +155,19 @@ def _collate(batch):
 
 
 def iterate_images(paths: list[str], transform, batch_size: int = 64, workers: int = 0):
-    """Yield (pixels [B, 3, H, W], indices) in order; raise once with every unreadable file named."""
+    """Yield (pixels [B, 3, H, W], indices) in order, one batch in memory at a time.
+
+    After the first unreadable file nothing more is yielded, but the rest is still read so that the
+    error, raised at the end, names every unreadable file at once (and the caller, whose loop the
+    error ends, computes no metric on a partial set).
+    """
     loader = torch.utils.data.DataLoader(_ImageFiles(paths, transform), batch_size=batch_size,
                                          num_workers=workers, collate_fn=_collate)
-    bad, out = [], []
+    bad = []
     for batch in loader:
         bad += [err for _, _, err in batch if err]
-        good = [(x, i) for x, i, err in batch if not err]
-        if good and not bad:
-            out.append((torch.stack([x for x, _ in good]), [i for _, i in good]))
+        if not bad:
+            yield torch.stack([x for x, _, _ in batch]), [i for _, i, _ in batch]
     if bad:
         raise DataError(f"{len(bad)} unreadable image(s), e.g. {'; '.join(bad[:3])}: fix or remove them from the "
                         "evaluation set (no metric is computed on a partial set)")
-    yield from out

@@ -1,14 +1,17 @@
 """EmbeddingStore: random access to a finished store by sample id.
 
-Nothing is loaded up front. The manifest and the memory-mapped index are opened at once; shard
-files are memory-mapped on first use and a few of them are kept open (an LRU, so a store with
-thousands of shards does not run out of file handles). Every read returns a fresh float32 array.
+Nothing is loaded up front. The manifest and the memory-mapped index are opened at once. A read
+takes only the bytes of the rows asked for from the shard file (``os.pread`` at an offset), not a
+memory map of the shard: memory stays bounded however much of a large store is read at random, and
+only a bounded number of file handles stay open (an LRU of them). Each shard's header is checked
+once, on first use. Every read returns a fresh float32 array.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
@@ -18,14 +21,14 @@ from .atomic import is_tmp
 from .index import IdIndex
 from .layout import index_dir, shard_dir, shard_file, written_shards
 from .manifest import STORE_FORMAT, StoreMismatchError, compare_fingerprints, mismatch_message, read_manifest
-from .quant import DTYPES, decode
+from .quant import DTYPES, SCALE_DTYPE, decode
 
 
 class _LRU:
-    """The ``capacity`` most recently used values of ``load(key)``."""
+    """The ``capacity`` most recently used values of ``load(key)``; ``evict(value)`` on the way out."""
 
-    def __init__(self, capacity: int, load: Callable):
-        self.capacity, self.load = capacity, load
+    def __init__(self, capacity: int, load: Callable, evict: Callable | None = None):
+        self.capacity, self.load, self.evict = capacity, load, evict
         self.items: OrderedDict = OrderedDict()
 
     def __getitem__(self, key):
@@ -34,13 +37,37 @@ class _LRU:
             return self.items[key]
         value = self.items[key] = self.load(key)
         if len(self.items) > self.capacity:
-            self.items.popitem(last=False)
+            _, old = self.items.popitem(last=False)
+            if self.evict is not None:
+                self.evict(old)
         return value
+
+    def clear(self) -> None:
+        while self.items:
+            _, old = self.items.popitem()
+            if self.evict is not None:
+                self.evict(old)
+
+
+def _npy_layout(path: str) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, byte offset of the data) from a .npy header; raises on a malformed one."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            raise ValueError("Fortran-ordered array")
+        return shape, dtype, f.tell()
+
+
+def _open_fd_budget() -> int:
+    """How many shard files one reader keeps open: an eighth of the process's file limit, 32-1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(32, min(1024, soft // 8 if soft != resource.RLIM_INFINITY else 1024))
 
 
 class EmbeddingStore:
-    OPEN_SHARDS = 32  # memory-mapped shard files kept open
-    CACHED_IDS = 8  # shards whose id lists are kept to confirm index hits
+    CACHED_IDS = 8  # shards whose id lists are kept to confirm index hits (stores without id arrays)
 
     def __init__(self, root, expect_fingerprint: dict | None = None):
         self.root = os.fspath(root)
@@ -75,7 +102,9 @@ class EmbeddingStore:
             self.columns[c["name"]] = (start, start + c["k"])
             start += c["k"]
         self.num_rows: int = start
-        self._shards = _LRU(self.OPEN_SHARDS, self._open_shard)
+        self._row_bytes = self.dim * DTYPES[self.dtype].itemsize
+        self._data_offset: dict[int, tuple] = {}  # shard -> data (and scale) byte offsets, headers checked
+        self._fds = _LRU(_open_fd_budget(), self._open_fds, self._close_fds)
         self._ids = _LRU(self.CACHED_IDS, self._load_ids)
         self._index = IdIndex(index_dir(self.root), self._ids.__getitem__)
 
@@ -87,6 +116,14 @@ class EmbeddingStore:
     def __setstate__(self, state):
         self.__init__(state["root"], state["expect_fingerprint"])
 
+    def close(self) -> None:
+        """Close the shard files this reader holds open (reads after it open them again)."""
+        if "_fds" in self.__dict__:
+            self._fds.clear()
+
+    def __del__(self):
+        self.close()
+
     def __repr__(self) -> str:
         return f"EmbeddingStore({self.root!r}: {len(self)} samples x {self.num_rows} rows x {self.dim}, {self.dtype})"
 
@@ -95,20 +132,39 @@ class EmbeddingStore:
     def _shard_len(self, j: int) -> int:
         return min(self.shard_size, self._num_samples - j * self.shard_size)
 
-    def _open_shard(self, j: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _check_shard(self, j: int, kind: str, shape: tuple, dtype: np.dtype) -> int:
+        """The data offset of shard j's ``kind`` file, after checking its header and its size."""
+        path = shard_file(self.root, j, kind)
+        damaged = (f"the store is damaged; `flameclip verify {self.root}` lists what, "
+                   "and the same embed command repairs it")
         try:
-            values = np.load(shard_file(self.root, j, "data"), mmap_mode="r")
-        except (ValueError, OSError, EOFError) as e:  # a truncated file: "mmap length is greater than file size"
-            raise RuntimeError(f"{shard_file(self.root, j)} is unreadable ({e}): the store is damaged; "
-                               f"`flameclip verify {self.root}` lists what, and the same embed command repairs it") from None
-        expected = (self._shard_len(j), self.num_rows, self.dim)
-        if values.shape != expected or values.dtype != DTYPES[self.dtype]:
-            raise RuntimeError(
-                f"{shard_file(self.root, j)} holds {values.dtype}{list(values.shape)} but the manifest says "
-                f"{DTYPES[self.dtype]}{list(expected)}: the store is damaged"
-            )
-        scale = np.load(shard_file(self.root, j, "scale"), mmap_mode="r") if self.dtype == "int8" else None
-        return values, scale
+            found_shape, found_dtype, offset = _npy_layout(path)
+            size = os.path.getsize(path)
+        except (ValueError, OSError, EOFError) as e:
+            raise RuntimeError(f"{path} is unreadable ({e}): {damaged}") from None
+        if found_shape != shape or found_dtype != dtype:
+            raise RuntimeError(f"{path} holds {found_dtype}{list(found_shape)} but the manifest says "
+                               f"{dtype}{list(shape)}: {damaged}")
+        if size != offset + int(np.prod(shape)) * dtype.itemsize:
+            raise RuntimeError(f"{path} is unreadable ({size} bytes, not the "
+                               f"{offset + int(np.prod(shape)) * dtype.itemsize} its header promises: cut short?): {damaged}")
+        return offset
+
+    def _open_fds(self, j: int) -> tuple[int, int | None]:
+        if j not in self._data_offset:
+            n = self._shard_len(j)
+            data = self._check_shard(j, "data", (n, self.num_rows, self.dim), DTYPES[self.dtype])
+            scale = self._check_shard(j, "scale", (n, self.num_rows), SCALE_DTYPE) if self.dtype == "int8" else None
+            self._data_offset[j] = (data, scale)
+        fd = os.open(shard_file(self.root, j, "data"), os.O_RDONLY)
+        fd_scale = os.open(shard_file(self.root, j, "scale"), os.O_RDONLY) if self.dtype == "int8" else None
+        return fd, fd_scale
+
+    @staticmethod
+    def _close_fds(fds: tuple[int, int | None]) -> None:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     def _load_ids(self, j: int) -> list[str]:
         with open(shard_file(self.root, j, "ids"), encoding="utf-8") as f:
@@ -122,8 +178,23 @@ class EmbeddingStore:
 
     def _read(self, sample_id: str, start: int, stop: int) -> np.ndarray:
         j, row = self._locate(sample_id)
-        values, scale = self._shards[j]
-        return decode(values[row, start:stop], None if scale is None else scale[row, start:stop])
+        fd, fd_scale = self._fds[j]
+        data_at, scale_at = self._data_offset[j]
+        first = row * self.num_rows + start  # index of the first wanted row within the shard
+        values = self._pread(fd, j, data_at + first * self._row_bytes, (stop - start) * self._row_bytes,
+                             DTYPES[self.dtype]).reshape(stop - start, self.dim)
+        scale = None
+        if fd_scale is not None:
+            scale = self._pread(fd_scale, j, scale_at + first * SCALE_DTYPE.itemsize,
+                                (stop - start) * SCALE_DTYPE.itemsize, SCALE_DTYPE)
+        return decode(values, scale)
+
+    def _pread(self, fd: int, j: int, offset: int, nbytes: int, dtype: np.dtype) -> np.ndarray:
+        buf = os.pread(fd, nbytes, offset)
+        if len(buf) != nbytes:  # the file shrank after its header was checked
+            raise RuntimeError(f"{shard_file(self.root, j)} ended early: the store is damaged; "
+                               f"`flameclip verify {self.root}` lists what")
+        return np.frombuffer(buf, dtype=dtype)
 
     # --- public reads ------------------------------------------------------------------------
 

@@ -49,6 +49,40 @@ class ImageTower(nn.Module):
         self.trunk.set_grad_checkpointing(enable)
 
 
+class ConvStem(nn.Module):
+    """Patch embedding by 3x3 stride-2 convolutions (Xiao et al. 2021) instead of one strided patchify.
+
+    log2(patch_size) convolutions halve the image down to the same token grid as the plain ViT, the
+    channels doubling up to half the width, then a 1x1 convolution to the width. GroupNorm, not
+    BatchNorm: a token must not depend on the other images of its batch (or on how a batch is split
+    over processes). Takes timm's ``embed_layer`` arguments, so timm's ViT builds it.
+    """
+
+    def __init__(self, img_size=64, patch_size=8, in_chans=3, embed_dim=192, bias=True, **_):
+        super().__init__()
+        stages = int(patch_size).bit_length() - 1
+        if patch_size < 2 or 2 ** stages != patch_size or img_size % patch_size:
+            raise ValueError(f"a conv stem needs a power-of-two patch_size dividing image_size, got {patch_size}")
+        layers, c_in = [], in_chans
+        for i in range(stages):
+            c_out = max(8, embed_dim // 2 ** (stages - i))
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(min(8, c_out), c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, embed_dim, 1, bias=bias))
+        self.proj = nn.Sequential(*layers)
+        self.img_size, self.patch_size = (img_size, img_size), (patch_size, patch_size)
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.dynamic_img_pad = False
+
+    def feat_ratio(self, as_scalar=True):
+        return self.patch_size[0] if as_scalar else self.patch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, N, w]
+
+
 def check_vision_name(name: str) -> None:
     """Only "custom" or a timm architecture: "hf-hub:..." would reach the network, and "local-dir:..."
     would read another project's folder, even with pretrained=False."""
@@ -84,6 +118,7 @@ def build_image_tower(cfg: ModelConfig) -> ImageTower:
             depth=cfg.vision_depth,
             num_heads=cfg.vision_heads,
             drop_path_rate=cfg.vision_drop_path,
+            **({"embed_layer": ConvStem} if cfg.vision_stem == "conv" else {}),
             **common,
         )
     else:

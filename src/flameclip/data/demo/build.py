@@ -47,6 +47,7 @@ from .scenes import (
     common_prefix,
     captions,
     clip_pieces,
+    jitter_view,
     long_caption,
     render_scene,
     sample_hard_negative_group,
@@ -61,9 +62,9 @@ BUILD_VERSION = 2
 # cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
-    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, long_groups=50, group_size=4, n_short=200,
+    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, train_views=0, long_groups=50, group_size=4, n_short=200,
                 n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
-    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, long_groups=500, group_size=4, n_short=2000,
+    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, train_views=0, long_groups=500, group_size=4, n_short=2000,
                 n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
 
@@ -72,7 +73,7 @@ SCALES = {
 FASHION_SIZES = ("fashion_train", "fashion_test")
 
 # Part of every image's seed, so that the splits never share a random stream.
-SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL = range(6)
+SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS = range(7)
 
 
 
@@ -154,6 +155,8 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise ValueError("n_classes and n_multilingual are drawn from the vocabulary: keep them <= vocab_size")
     if not 0 <= params["sparse_percent"] <= 100:
         raise ValueError(f"sparse_percent must be in 0..100, not {params['sparse_percent']}")
+    if params["train_views"] < 0:
+        raise ValueError(f"train_views must be >= 0 (extra drawings of each training scene), not {params['train_views']}")
     if not 0 <= params["n_val"] < params["n_train"]:
         raise ValueError(f"n_val must be at least 0 and below n_train ({params['n_train']}), not {params['n_val']}")
     if params["group_size"] < 2:
@@ -168,7 +171,7 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
 
 def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, progress: bool = True,
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
-                    n_val: int | None = None, sparse_percent: int | None = None,
+                    n_val: int | None = None, sparse_percent: int | None = None, train_views: int | None = None,
                     long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
                     n_multilingual: int | None = None, fashion_train: int | None = None,
@@ -184,7 +187,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     """
     root = Path(root)
     params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train, n_val=n_val,
-                            sparse_percent=sparse_percent,
+                            sparse_percent=sparse_percent, train_views=train_views,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
                             per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
                             fashion_test=fashion_test)
@@ -248,13 +251,23 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     # caption, which is where a model learns what a glyph looks like (and their captions are short,
     # so cheaper to embed).
     manifest, caps, scenes = [], [], []
+    fit_count = p["n_train"] - p["n_val"]
     for i in range(p["n_train"]):
         sparse = (i * p["sparse_percent"]) // 100 != ((i + 1) * p["sparse_percent"]) // 100
         scene, im = _draw_unique(writer, seed, SPLIT_TRAIN, (i,),
                                  lambda rng: _scene_and_image(rng, vocab, S, max_glyphs=3 if sparse else 9))
         sid = f"train-{i:06d}"
         writer.save(im, train / "images" / f"{sid}.png")
-        manifest.append({"id": sid, "image": f"images/{sid}.png"})
+        record = {"id": sid, "image": f"images/{sid}.png"}
+        if i < fit_count and p["train_views"]:
+            # Other drawings of the same scene (glyphs moved within their cells): every caption stays
+            # true, and training picks one drawing per epoch. Held-out scenes keep their one image.
+            rng = np.random.default_rng([seed, SPLIT_TRAIN_VIEWS, i])
+            record["views"] = []
+            for v in range(1, p["train_views"] + 1):
+                writer.save(render_scene(jitter_view(scene, rng)), train / "images" / f"{sid}-v{v}.png")
+                record["views"].append(f"images/{sid}-v{v}.png")
+        manifest.append(record)
         caps.append({"id": sid, **captions(scene)})
         scenes.append({"id": sid, **scene.to_json()})
         bar.update()

@@ -199,6 +199,21 @@ def sample_scene(rng: np.random.Generator, vocab: list[Glyph], size: int = 64, n
     return Scene(size, background, tuple(objects), int(rng.integers(2**31)), tuple(int(i) for i in rng.permutation(n)))
 
 
+def jitter_view(scene: Scene, rng: np.random.Generator, attempts: int = 20) -> Scene:
+    """The same scene with every glyph moved to a fresh spot in its own cell, at the same size.
+
+    Everything the captions say stays true: cells (so positions and relations), size classes and
+    pixel sizes (so the largest and smallest), background, names. Only the pixels change, which
+    is what a model that memorises an image by its exact pixels cannot follow. Returns the scene
+    unchanged if no placement keeps glyphs as visible as sampling does.
+    """
+    for _ in range(attempts):
+        objects = tuple(_place(rng, o.glyph, o.cell, o.size, scene.size, px=o.px) for o in scene.objects)
+        if max_occlusion(objects, scene.size) <= MAX_OCCLUSION:
+            return replace(scene, objects=objects)
+    return scene
+
+
 # ------------------------------------------------------------------ drawing
 
 def _background_pixels(bg: Background, S: int) -> np.ndarray:

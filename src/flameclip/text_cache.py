@@ -1,0 +1,127 @@
+"""The on-disk cache of LLM facet states for query texts, so the LLM runs once per text.
+
+Under ``root/<hash of the LLM fingerprint and prompt set>/`` the cache is a few embedding stores
+(segments) whose ids are the texts' hashes. A miss writes its new texts as one more segment;
+segments of similar size are then merged into one (size-tiered, as a log-structured merge tree
+does), so a search session that misses one query at a time keeps O(log n) segments, each state is
+rewritten O(log n) times, and a lookup checks a handful of stores, not one per past query.
+
+A segment is written complete before the ones it replaces are removed, so a crash leaves either the
+old segments or the merged one (or both, which hold the same rows). Every segment carries the LLM
+fingerprint; one made by another LLM, or left incomplete, is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .store import EmbeddingStore, StoreWriter
+from .text.llm import cache_dir
+
+MERGE_RATIO = 2  # merge two segments when the larger holds at most this many times the smaller's texts
+
+
+def default_root() -> Path:
+    return cache_dir() / "text-embeddings"
+
+
+class TextEmbeddingCache:
+    """LLM facet states ``[N, K, D]`` of texts, memoised per text on disk and in memory."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root else default_root()
+        self._memo: dict[tuple[str, str], np.ndarray] = {}
+
+    @staticmethod
+    def text_id(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def folder(self, llm_fp: dict, prompt_set) -> Path:
+        h = hashlib.sha256(json.dumps(llm_fp, sort_keys=True).encode() + prompt_set.fingerprint().encode())
+        return self.root / h.hexdigest()[:24]
+
+    def segments(self, folder: Path, llm_fp: dict) -> list[EmbeddingStore]:
+        """The complete segments made by this LLM, largest first."""
+        found = []
+        for sub in sorted(folder.iterdir()) if folder.exists() else []:
+            if not (sub / "manifest.json").exists():
+                continue
+            try:
+                found.append(EmbeddingStore(sub, expect_fingerprint=llm_fp))
+            except (ValueError, RuntimeError, FileNotFoundError):
+                continue  # incomplete (a run killed while writing it) or another LLM's: not ours to read
+        return sorted(found, key=len, reverse=True)
+
+    def get_or_compute(self, llm_fp: dict, prompt_set, texts: list[str], encoder_factory, progress: bool = False):
+        folder = self.folder(llm_fp, prompt_set)
+        fkey = str(folder)
+        unique = list(dict.fromkeys(texts))
+        ids = {t: self.text_id(t) for t in unique}
+        missing = [t for t in unique if (fkey, ids[t]) not in self._memo]
+        if missing:
+            segments = self.segments(folder, llm_fp)
+            for store in segments:
+                try:
+                    found = {t: store.get(ids[t]) for t in missing if ids[t] in store}
+                except RuntimeError as e:  # a damaged segment: its texts are encoded again
+                    print(f"[text cache] dropping a damaged cache segment ({e})", file=sys.stderr)
+                    store.close()
+                    shutil.rmtree(store.root, ignore_errors=True)
+                    continue
+                self._memo.update({(fkey, ids[t]): row for t, row in found.items()})
+                missing = [t for t in missing if (fkey, ids[t]) not in self._memo]
+            for store in segments:
+                store.close()
+        if missing:
+            states = encoder_factory().encode(missing, prompt_set, progress=progress).numpy()
+            for t, row in zip(missing, states):
+                self._memo[(fkey, ids[t])] = row
+            self._write_segment(folder, llm_fp, [ids[t] for t in missing], states, prompt_set.k)
+            self._merge(folder, llm_fp, prompt_set.k)
+        return torch.from_numpy(np.stack([self._memo[(fkey, ids[t])] for t in texts]))
+
+    @staticmethod
+    def _write_segment(folder: Path, llm_fp: dict, ids: list[str], states: np.ndarray, k: int) -> None:
+        sub = folder / hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+        if (sub / "manifest.json").exists():
+            shutil.rmtree(sub)  # an incomplete segment of the same texts, or a complete duplicate
+        writer = StoreWriter(sub, fingerprint=llm_fp, columns=[{"name": "text", "k": k}], dim=states.shape[-1],
+                             ids=ids, shard_size=4096, dtype="fp32")
+        for j in writer.pending_shards():
+            lo, hi = writer.shard_range(j)
+            writer.write_shard(j, states[lo:hi])
+        writer.finalize()
+
+    def _merge(self, folder: Path, llm_fp: dict, k: int) -> None:
+        """Merge the two smallest segments while they are of similar size (the larger at most twice)."""
+        while True:
+            segments = self.segments(folder, llm_fp)
+            if len(segments) < 2 or len(segments[-2]) > MERGE_RATIO * len(segments[-1]):
+                for s in segments:
+                    s.close()
+                return
+            small = segments[-2:]
+            try:
+                ids = list(dict.fromkeys(i for s in small for i in s.ids()))
+                states = np.stack([next(s.get(i) for s in small if i in s) for i in ids])
+            except (RuntimeError, OSError, ValueError) as e:  # damaged: drop the pair (a cache: re-encoded on a miss)
+                print(f"[text cache] dropping a damaged cache segment ({e})", file=sys.stderr)
+                for s in segments:
+                    s.close()
+                for s in small:
+                    shutil.rmtree(s.root, ignore_errors=True)
+                continue
+            for s in segments:
+                s.close()
+            self._write_segment(folder, llm_fp, ids, states, k)
+            merged = folder / hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+            for s in small:
+                if Path(s.root) != merged:
+                    shutil.rmtree(s.root, ignore_errors=True)
