@@ -192,6 +192,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from . import ablate as _ablate
     from . import demo as _demo
     from . import explain as _explain
+    from . import recaption as _recaption
     from . import search_cli as _search_cli
 
     parser = argparse.ArgumentParser(prog="flameclip", description="Language-image pre-training with a frozen LLM (FLAME)")
@@ -203,12 +204,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     _demo.add_parser(sub)
     _ablate.add_parser(sub)
     _explain.add_parser(sub)
+    _recaption.add_parser(sub)
     _search_cli.add_index_parser(sub)
     _search_cli.add_search_parser(sub)
     sub.add_parser("llms", help="list the packaged LLMs and whether they are installed")
     commands = {"embed": cmd_embed, "verify": cmd_verify, "train": cmd_train, "eval": cmd_eval, "llms": cmd_llms,
                 "demo": _demo.run, "ablate": _ablate.run, "explain": _explain.run, "index": _search_cli.run_index,
-                "search": _search_cli.run_search}
+                "search": _search_cli.run_search, "recaption": _recaption.run}
     return parser, commands
 
 
@@ -250,11 +252,13 @@ def _one_line(e: Exception) -> str:
     from .data.captions import CaptionsFileError
     from .data.images import DataError
     from .embed import EmbedError
+    from .recaption import RecaptionError
     from .store import StoreMismatchError
     from .text.llm import LLMNotFoundError
     from .train import TrainingDiverged
 
-    ours = (CaptionsFileError, DataError, EmbedError, StoreMismatchError, LLMNotFoundError, TrainingDiverged)
+    ours = (CaptionsFileError, DataError, EmbedError, RecaptionError, StoreMismatchError, LLMNotFoundError,
+            TrainingDiverged)
     known = (*ours, FileNotFoundError, FileExistsError, ValueError, RuntimeError, TimeoutError)
     hint = "" if isinstance(e, ours) else " (set FLAMECLIP_DEBUG=1 for the traceback)"
     prefix = "" if isinstance(e, known) else f"{type(e).__name__}: "
@@ -287,6 +291,7 @@ _INTERRUPTED = {
     "train": "the last checkpoint is kept (and one was written now if possible); run again with resume=latest",
     "eval": "results of finished tasks are in the output folder",
     "index": "nothing was written; run the same command again",
+    "recaption": "finished chunks are kept; run the same command to resume",
 }
 
 

@@ -81,6 +81,16 @@ def read_webdataset(pattern: str) -> list[ImageRecord]:
     return out
 
 
+def open_record(rec: ImageRecord, path: str | None = None) -> Image.Image:
+    """The RGB image of a record: a file, or its bytes inside a tar shard (``path``: one of its views)."""
+    if rec.offset >= 0:
+        with open(rec.path, "rb") as f:
+            f.seek(rec.offset)
+            data = f.read(rec.size)
+        return open_rgb(io.BytesIO(data), f"{rec.path}:{rec.id}")
+    return open_rgb(path or rec.path)
+
+
 def read_images(source: str, image_root: str | None = None) -> list[ImageRecord]:
     """A manifest file (jsonl/csv/tsv/parquet) or webdataset shards (``data/{000..009}.tar``)."""
     if ".tar" in source:
@@ -190,16 +200,11 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def _load(self, rec: ImageRecord, epoch: int, index: int) -> Image.Image:
-        if rec.offset >= 0:  # inside a tar shard
-            with open(rec.path, "rb") as f:
-                f.seek(rec.offset)
-                data = f.read(rec.size)
-            return open_rgb(io.BytesIO(data), f"{rec.path}:{rec.id}")
         if self.use_views and rec.views:
             # A stream of its own, so that samples without views draw exactly what they drew before.
             pick = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(len(rec.views) + 1))
-            return open_rgb(rec.views[pick - 1] if pick else rec.path)
-        return open_rgb(rec.path)
+            return open_record(rec, rec.views[pick - 1] if pick else None)
+        return open_record(rec)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key

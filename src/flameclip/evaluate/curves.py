@@ -29,7 +29,7 @@ class RecallSet:
 
 def build_recall_set(name: str, dataset, columns: list[str], max_images: int) -> RecallSet:
     """The first ``max_images`` readable images of ``dataset`` (an ImageTextDataset) and their texts."""
-    from ..data.images import CaptionTokens, StoreText
+    from ..data.images import CaptionTokens, StoreText, open_record
 
     records: list[ImageRecord] = []
     pixels = []
@@ -37,7 +37,7 @@ def build_recall_set(name: str, dataset, columns: list[str], max_images: int) ->
         if len(records) >= max_images:
             break
         try:
-            image = dataset._load(rec)
+            image = open_record(rec)  # the image itself, never one of its views
         except UNREADABLE:  # left out here; training reports it
             continue
         records.append(rec)

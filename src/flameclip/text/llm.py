@@ -138,7 +138,7 @@ class LLMSource:
     weights_sha256: str  # hash of the GGUF file, or of the HF folder's weight files
 
 
-def _hf_folder_hash(folder: Path) -> str:
+def folder_weights_sha256(folder: Path) -> str:
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise LLMNotFoundError(f"{folder} has no .safetensors weights; only safetensors folders are loaded")
@@ -157,7 +157,7 @@ def resolve(name_or_path: str) -> LLMSource:
     if p.is_file() and p.suffix == ".gguf":
         return LLMSource(name_or_path, "gguf", str(p.resolve()), _cached_file_hash(p))
     if p.is_dir() and (p / "config.json").exists():
-        return LLMSource(name_or_path, "hf", str(p.resolve()), _hf_folder_hash(p))
+        return LLMSource(name_or_path, "hf", str(p.resolve()), folder_weights_sha256(p))
     known = ", ".join(PACKAGED_LLMS)
     raise LLMNotFoundError(
         f"LLM '{name_or_path}' not found: give a packaged name ({known}), a .gguf file or a local Hugging Face folder"
