@@ -36,6 +36,27 @@ def make_random_llm(src: str | Path, out: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def make_tiny_llm(out: str | Path, seed: int = 0) -> Path:
+    """A 4-layer, 64-wide Llama with the packaged SmolLM2 tokenizer: a real architecture, seconds to run."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from flameclip.text.llm import hf_folder, resolve
+
+    out = Path(out)
+    if (out / "model.safetensors").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(hf_folder(resolve("smollm2-135m"))), local_files_only=True)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("src")

@@ -161,6 +161,19 @@ def test_ids_missing_from_the_store_are_listed(data, tmp_path):
         train(cfg, progress=False)
 
 
+def test_images_without_text_can_be_left_out_and_counted(data, tmp_path, capsys):
+    from flameclip.train import build_dataset
+
+    extra = tmp_path / "manifest.jsonl"
+    extra.write_text(Path(data["manifest"]).read_text() + '{"id": "ghost1", "image": "x.png"}\n')
+    cfg = cfg_for(data, tmp_path / "r", "skip_missing_text=true")
+    cfg.image_root = str(Path(data["manifest"]).parent)
+    with_ghost = build_dataset(cfg, str(extra), train=True)
+    plain = build_dataset(cfg, str(data["manifest"]), train=True)
+    assert [r.id for r in with_ghost.records] == [r.id for r in plain.records]
+    assert "1 of 41 images have no text and are left out" in capsys.readouterr().out
+
+
 def test_a_fresh_run_refuses_to_overwrite_checkpoints(data, tmp_path):
     out = tmp_path / "run"
     train(cfg_for(data, out, "max_steps=1", "save_every=1"), progress=False)

@@ -139,6 +139,9 @@ class TrainConfig:
     val_manifest: str = ""  # optional held-out manifest for the periodic evaluation (learning curves)
     eval_columns: list[str] = field(default_factory=list)  # caption columns scored in curves.csv (default: all trained on)
     eval_images: int = 200  # images per recall set (training and held-out) in curves.csv
+    # Images whose id has no text (no row in the store or the captions file): an error naming them
+    # (false), or left out and counted (true; e.g. images the recaptioner could not decode).
+    skip_missing_text: bool = False
     # model and loss
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: str = "sigmoid"  # sigmoid (reference) | softmax

@@ -117,6 +117,15 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
         from .baselines.clip_text import clip_tokenizer
 
         text = CaptionTokens(cfg.captions, cfg.text_columns or ["caption"], clip_tokenizer(), positives=1)
+    if cfg.skip_missing_text:
+        kept = [r for r in records if text.has(r.id)]
+        if len(kept) < len(records):
+            gone = [r.id for r in records if not text.has(r.id)]
+            print(f"[train] {manifest}: {len(gone)} of {len(records)} images have no text and are left out "
+                  f"(skip_missing_text; first: {', '.join(gone[:3])})", flush=True)
+        if not kept:
+            raise DataError(f"{manifest}: no image has text; check that the store or captions file matches the images")
+        records = kept
     tf = train_transform(cfg.model.image_size) if train else eval_transform(cfg.model.image_size)
     return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
 
