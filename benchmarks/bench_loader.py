@@ -132,7 +132,10 @@ def main(argv=None) -> int:
         pattern = write_shards(Path(tmp) / "shards", args.source, args.images)
         records = read_webdataset(pattern)
         store = EmbeddingStore(write_store(Path(tmp) / "store", [r.id for r in records]))
-        ds = ImageTextDataset(records, StoreText(store, positives=6), train_transform(SIZE), seed=0, use_views=True)
+        try:
+            ds = ImageTextDataset(records, StoreText(store, positives=6), train_transform(SIZE), seed=0, use_views=True)
+        except TypeError:  # a version before image views (to time the "before" of a change)
+            ds = ImageTextDataset(records, StoreText(store, positives=6), train_transform(SIZE), seed=0)
         stages = time_stages(records, train_transform(SIZE))
         rates = {w: loader_rate(ds, w) for w in args.workers}
 

@@ -7,6 +7,7 @@ come through :class:`flameclip.inference.FlameCLIP`, whose LLM outputs are cache
 from __future__ import annotations
 
 import difflib
+import time
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -184,7 +185,9 @@ def run_suite(models, specs: list[TaskSpec], results: dict | None = None, batch_
         for spec in specs:
             if log is not None:
                 log(f"[{label}] {spec.task}: {spec.name}")
-            results["results"].append({"checkpoint": label, **ev.run(spec)})
+            t0 = time.perf_counter()
+            row = ev.run(spec)
+            results["results"].append({"checkpoint": label, **row, "seconds": round(time.perf_counter() - t0, 2)})
             if after_task is not None:
                 after_task(results)
     return results
