@@ -43,7 +43,8 @@ def test_training_draws_every_view_and_evaluation_only_the_image(manifest):
     train = ImageTextDataset(records, IdText(), first_pixel, seed=0, use_views=True)
     seen = {int(train[(epoch, 2)][0]) for epoch in range(30)}
     assert seen == {20, 21, 22}
-    assert int(train[(7, 2)][0]) == int(train[(7, 2)][0])  # a pure function of (seed, epoch, index)
+    again = ImageTextDataset(records, IdText(), first_pixel, seed=0, use_views=True)
+    assert [int(again[(e, 2)][0]) for e in range(30)] == [int(train[(e, 2)][0]) for e in range(30)]  # (seed, epoch, index) only
     evaluation = ImageTextDataset(records, IdText(), first_pixel, seed=0)
     assert {int(evaluation[(epoch, 2)][0]) for epoch in range(30)} == {20}
 
@@ -57,3 +58,16 @@ def test_views_must_be_a_list_of_paths(tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("id,image,views\na,a.png,b.png|c.png\n")
     assert [Path(v).name for v in read_image_manifest(csv)[0].views] == ["b.png", "c.png"]
+
+
+def test_an_unreadable_view_is_reported_and_the_image_stands_in(manifest):
+    records = read_image_manifest(manifest)
+    (manifest.parent / "2-1.png").write_bytes(b"not a png")
+    train = ImageTextDataset(records, IdText(), first_pixel, seed=0, use_views=True)
+    seen, reported = set(), set()
+    for epoch in range(30):
+        pixel, _, bad = train[(epoch, 2)]
+        seen.add(int(pixel))
+        reported.update(path for _, path, _ in bad)
+    assert seen == {20, 22}  # never the broken view, never another sample
+    assert reported == {str(manifest.parent / "2-1.png")}

@@ -327,6 +327,9 @@ def test_conv_stem_gives_the_patch_grid_and_survives_a_round_trip(tmp_path):
     assert loaded.cfg.vision_stem == "conv"
     with torch.no_grad():
         assert torch.equal(loaded.encode_image(x), conv.encode_image(x))
+    # Widths whose first stage is not a multiple of 8 channels (192 / 2^4 = 12 at patch 16) build too.
+    wide = FlameModel(llm_cfg(vision_stem="conv", image_size=32, patch_size=16, vision_width=192, vision_heads=3))
+    assert wide.visual(images(size=32)).shape == (3, 4, 192)
     for bad in (dict(vision_stem="convs"), dict(vision_stem="conv", patch_size=6, image_size=18)):
         with pytest.raises(ValueError, match="vision_stem"):
             llm_cfg(**bad).validate()

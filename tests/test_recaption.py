@@ -69,7 +69,7 @@ def test_every_image_once_in_order_and_embed_reads_the_table(tmp_path, images, v
     out = tmp_path / "caps.parquet"
     s = R.run_recaption(config(images, vlm, out, prompts), progress=False)
     assert asked == {("One sentence.", 4), ("Every detail.", 9)}  # each column's prompt and token budget
-    assert s.complete and s.images == N + 1 and s.captioned == N + 1 and s.failed_ids == ["broken"]
+    assert s.complete and s.images == N + 1 and s.captioned == N and s.failed_ids == ["broken"]
     table = read_captions(out, ["raw", "short", "long"])
     assert table.ids == [f"s{i}" for i in range(N)]
     assert table.columns["raw"] == [f"alt text {i}" for i in range(N)]
@@ -101,10 +101,27 @@ def test_an_interrupted_run_resumes_without_captioning_an_image_twice(tmp_path, 
     seen.clear()
     monkeypatch.setattr(R.Captioner, "caption", lambda *a: counting(*a))
     s = R.run_recaption(config(images, vlm, out, prompts), progress=False)
-    assert s.complete and s.captioned == N + 1 - 3  # chunk 0 (3 images) was kept
+    assert s.complete and s.captioned == N - 3  # chunk 0 (s0-s2) was kept
     assert sum(seen[::2]) == N - 3  # the good images outside chunk 0 (s0-s2), each once
     assert first >= 2
     assert out.read_bytes() == whole.read_bytes()
+
+
+def test_an_image_the_model_refuses_is_recorded_and_the_rest_captioned(tmp_path, images, vlm, prompts, monkeypatch):
+    real = R.Captioner.caption
+
+    def picky(self, imgs, prompt, max_new_tokens):
+        if any(im.size[0] == 24 + 6 for im in imgs):  # s6's image, as a processor refuses an odd shape
+            raise ValueError("image too narrow for this processor")
+        return real(self, imgs, prompt, max_new_tokens)
+
+    monkeypatch.setattr(R.Captioner, "caption", picky)
+    out = tmp_path / "caps.jsonl"
+    s = R.run_recaption(config(images, vlm, out, prompts), progress=False)
+    assert s.complete and s.failed_ids == ["broken", "s6"]
+    assert read_captions(out, ["raw"]).ids == [f"s{i}" for i in range(N) if i != 6]  # s5, s6's batch-mate, kept
+    failed = [json.loads(x) for x in Path(f"{out}.failed.jsonl").read_text().splitlines()]
+    assert "the model refused it: image too narrow" in failed[1]["error"]
 
 
 def test_other_settings_never_mix_into_a_started_table(tmp_path, images, vlm, prompts):
@@ -147,12 +164,13 @@ def test_webdataset_shards_give_the_alt_text_from_each_sample(tmp_path, vlm, pro
     assert table.ids == [f"k{i}" for i in range(4)] and table.columns["raw"][2] == "photo number 2"
 
 
-def test_the_command_gives_one_line_for_a_missing_model(tmp_path, images):
+def test_the_command_gives_one_line_for_a_missing_model(tmp_path, images, capsys):
     from flameclip.cli import main
 
     rc = main(["recaption", "--images", str(images), "--model", str(tmp_path / "nope"), "--out",
                str(tmp_path / "c.parquet"), "--no-progress"])
-    assert rc == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and "nope" in err[0] and "Traceback" not in err[0]
 
 
 @pytest.mark.slow

@@ -225,3 +225,38 @@ def test_cli_index_and_search(setup, tmp_path, capsys):
     assert [r[0] for r in ranks] == ["1", "2", "3"]
     assert all(Path(r[2]).is_file() for r in ranks)  # printed paths point at the images themselves
     assert png.is_file() and "contact sheet" in lines[4]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("meta not json", r"index.json is damaged"),
+    ("meta without digests", r"lacks embeddings_sha256, paths_sha256"),
+    ("flipped byte", r"embeddings.npy is not the file the index wrote"),
+    ("truncated embeddings", r"is damaged|is not the file the index wrote"),
+    ("edited paths", r"paths.json is not the file the index wrote"),
+])
+def test_a_damaged_index_is_refused_by_name(setup, tmp_path, damage, message):
+    import shutil
+
+    index = tmp_path / "index"
+    shutil.copytree(setup["index"], index)
+    meta = index / fs.META_NAME
+    emb, paths = index / fs.EMBEDDINGS_NAME, index / fs.PATHS_NAME
+    if damage == "meta not json":
+        meta.write_text("{ not json")
+    elif damage == "meta without digests":
+        m = json.loads(meta.read_text())
+        del m["embeddings_sha256"], m["paths_sha256"]
+        meta.write_text(json.dumps(m))
+    elif damage == "flipped byte":
+        data = bytearray(emb.read_bytes())
+        data[-7] ^= 0x40  # inside the last embedding, not the header: np.load would read it silently
+        emb.write_bytes(bytes(data))
+    elif damage == "truncated embeddings":
+        emb.write_bytes(emb.read_bytes()[:200])
+    else:
+        p = json.loads(paths.read_text())
+        p[0], p[1] = p[1], p[0]  # same names, other order: every hit would name the wrong file
+        paths.write_text(json.dumps(p))
+    with pytest.raises(DataError, match=message):
+        fs.ImageIndex(index)
+    assert fs.ImageIndex(setup["index"]).embeddings.shape[0] == len(setup["names"])  # the original still loads

@@ -285,3 +285,20 @@ def test_store_pickles_without_its_memory_maps(tmp_path):
     blob = pickle.dumps(store)
     assert len(blob) < 1000
     np.testing.assert_array_equal(pickle.loads(blob).get(ids[9]), rows[9])
+
+
+def test_reads_stay_right_when_open_files_are_evicted(tmp_path, monkeypatch):
+    # Room for one int8 shard's two files at a time: nearly every read closes one and opens another.
+    from flameclip.store import reader as reader_module
+
+    monkeypatch.setattr(reader_module, "_open_fd_budget", lambda: 2)
+    ids, rows = make_ids(60), make_rows(60)
+    build(tmp_path / "s", ids, rows, dtype="int8", shard_size=7)
+    store = EmbeddingStore(tmp_path / "s")
+    order = np.random.default_rng(0).permutation(60).tolist() * 2
+    for i in order:
+        half_step = np.abs(rows[i]).max(axis=-1, keepdims=True) / 127 / 2  # int8's error bound, per row
+        assert np.all(np.abs(store.get(ids[i]) - rows[i]) <= half_step * 1.001 + 1e-7), ids[i]
+    assert len(store._fds.items) == 1
+    store.close()
+    assert not store._fds.items

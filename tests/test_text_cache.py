@@ -58,7 +58,7 @@ def test_one_miss_at_a_time_keeps_a_logarithmic_number_of_stores(tmp_path):
     cache = TextEmbeddingCache(tmp_path)
     folder = cache.folder(FP, PromptSet)
     segments = cache.segments(folder, FP)
-    assert len(list(folder.iterdir())) == len(segments) <= 8  # one store per miss would be 100
+    assert len([p for p in folder.iterdir() if p.is_dir()]) == len(segments) <= 8  # one store per miss: 100
     assert sum(len(s) for s in segments) == 100
     fresh = CountingEncoder()
     out = cache.get_or_compute(FP, PromptSet, texts, lambda: fresh)
@@ -79,7 +79,7 @@ def test_a_damaged_segment_is_ignored_and_its_texts_encoded_again(tmp_path, wher
     enc = CountingEncoder()
     cache = TextEmbeddingCache(tmp_path)
     cache.get_or_compute(FP, PromptSet, ["a", "b"], lambda: enc)
-    (seg,) = list(cache.folder(FP, PromptSet).iterdir())
+    (seg,) = [p for p in cache.folder(FP, PromptSet).iterdir() if p.is_dir()]
     if where == "manifest":
         (seg / "manifest.json").write_text("{not json")
     else:
@@ -88,3 +88,22 @@ def test_a_damaged_segment_is_ignored_and_its_texts_encoded_again(tmp_path, wher
     out = TextEmbeddingCache(tmp_path).get_or_compute(FP, PromptSet, ["a", "b"], lambda: enc)
     np.testing.assert_array_equal(out.numpy(), np.stack([states_of("a"), states_of("b")]))
     assert enc.seen == ["a", "b", "a", "b"]
+
+
+def test_merging_a_segment_into_one_that_holds_it_keeps_the_larger(tmp_path):
+    # Two processes can write overlapping segments; merging {a, b} into {a, b, c} must not rewrite
+    # (or, killed half-way, lose) the larger one, whose name the merge result shares.
+    from flameclip.text_cache import _write_segment
+
+    cache = TextEmbeddingCache(tmp_path)
+    folder = cache.folder(FP, PromptSet)
+    folder.mkdir(parents=True)
+    big = _write_segment(folder, FP, [cache.text_id(t) for t in "abc"], np.stack([states_of(t) for t in "abc"]), 2)
+    before = (big / "manifest.json").stat().st_mtime_ns
+    _write_segment(folder, FP, [cache.text_id(t) for t in "ab"], np.stack([states_of(t) for t in "ab"]), 2)
+    cache._merge(folder, FP, 2)
+    (only,) = cache.segments(folder, FP)
+    assert Path(only.root) == big and (big / "manifest.json").stat().st_mtime_ns == before
+    enc = CountingEncoder()
+    out = TextEmbeddingCache(tmp_path).get_or_compute(FP, PromptSet, list("cab"), lambda: enc)
+    assert enc.seen == [] and np.array_equal(out.numpy(), np.stack([states_of(t) for t in "cab"]))

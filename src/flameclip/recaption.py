@@ -56,7 +56,7 @@ class RecaptionConfig:
 @dataclass
 class RecaptionSummary:
     images: int = 0
-    captioned: int = 0  # by this run (resumed chunks are not counted again)
+    captioned: int = 0  # images captioned by this run (resumed chunks are not counted again)
     failed: int = 0  # images that could not be decoded, in the whole table
     failed_ids: list[str] = field(default_factory=list)
     empty: dict[str, int] = field(default_factory=dict)  # per column: captions the model left empty
@@ -152,7 +152,7 @@ class Captioner:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         inputs = self.processor(images=images, text=[text] * len(images), padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device)
+        inputs = inputs.to(self.device, dtype=self.model.dtype)  # floating tensors only: pixels in the model's dtype
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[:, inputs["input_ids"].shape[1]:]
@@ -231,17 +231,33 @@ def run_recaption(cfg: RecaptionConfig, progress: bool = True) -> RecaptionSumma
                 except UNREADABLE as e:
                     failed.append({"id": rec.id, "path": rec.path, "error": why_unreadable(e)})
             if batch:
-                caps = {col: captioner.caption(images, p["prompt"], p["max_new_tokens"]) for col, p in prompts.items()}
-                rows += [{"id": r.id, "raw": raw.get(r.id, ""), **{col: caps[col][i] for col in prompts}}
-                         for i, r in enumerate(batch)]
+                rows += _caption_batch(captioner, prompts, images, batch, raw, failed)
             bar.update(len(chunk[b:b + cfg.batch_size]))
             bar.set_postfix(img_s=f"{bar.n / max(time.perf_counter() - start, 1e-9):.2f}", refresh=False)
         atomic_write_bytes(str(_part(parts, c)), json.dumps({"rows": rows, "failed": failed}).encode())
-        summary.captioned += len(chunk)
+        summary.captioned += len(rows)
     bar.close()
     summary.seconds = time.perf_counter() - start
     summary.complete = _write_table(cfg.out, parts, n_chunks, list(prompts), summary)
     return summary
+
+
+def _caption_batch(captioner: Captioner, prompts: dict, images: list, batch: list[ImageRecord], raw: dict,
+                   failed: list[dict]) -> list[dict]:
+    """Rows for a batch; when the model rejects the batch (an image its processor cannot take), each
+    image is tried alone, and the ones it rejects are recorded in ``failed`` instead of stopping."""
+    try:
+        caps = {col: captioner.caption(images, p["prompt"], p["max_new_tokens"]) for col, p in prompts.items()}
+        return [{"id": r.id, "raw": raw.get(r.id, ""), **{col: caps[col][i] for col in prompts}}
+                for i, r in enumerate(batch)]
+    except (ValueError, RuntimeError, TypeError, IndexError) as e:
+        if len(batch) == 1:
+            failed.append({"id": batch[0].id, "path": batch[0].path, "error": f"the model refused it: {e}"[:500]})
+            return []
+    rows = []
+    for image, rec in zip(images, batch):
+        rows += _caption_batch(captioner, prompts, [image], [rec], raw, failed)
+    return rows
 
 
 def _write_table(out: str, parts: Path, n_chunks: int, columns: list[str], summary: RecaptionSummary) -> bool:

@@ -192,6 +192,8 @@ def build_index(image_dir, checkpoint, out=None, batch_size: int = 64, progress:
         "text_tower": model.cfg.text_tower,
         "llm": (model.cfg.llm or {}).get("llm"),
         "image_root": Path(image_root).as_posix(),
+        "embeddings_sha256": file_sha256(out / EMBEDDINGS_NAME),
+        "paths_sha256": file_sha256(out / PATHS_NAME),
     }
     _write_json(meta_path, meta)
     fsync_dir(str(out))
@@ -234,8 +236,13 @@ class ImageIndex:
         if not meta_path.is_file():
             raise DataError(f"{self.dir} is not a flameclip index (no {META_NAME}): "
                             f"build one with flameclip index IMAGE_DIR --checkpoint DIR")
-        with open(meta_path, encoding="utf-8") as f:
-            self.meta = json.load(f)
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                self.meta = json.load(f)
+            if not isinstance(self.meta, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise DataError(f"{meta_path} is damaged ({e}): rebuild the index with flameclip index") from None
         if self.meta.get("format") != INDEX_FORMAT:
             raise DataError(f"{meta_path}: format {self.meta.get('format')!r}, expected {INDEX_FORMAT!r}; "
                             f"rebuild it with flameclip index")
@@ -247,6 +254,14 @@ class ImageIndex:
                 self.paths: list[str] = json.load(f)
         except (OSError, ValueError) as e:
             raise DataError(f"index {self.dir} is damaged ({e}): rebuild it with flameclip index") from None
+        missing = [k for k in ("count", "embed_dim", "embeddings_sha256", "paths_sha256") if k not in self.meta]
+        if missing:
+            raise DataError(f"{meta_path} lacks {', '.join(missing)}: rebuild the index with flameclip index")
+        for name, key in ((EMBEDDINGS_NAME, "embeddings_sha256"), (PATHS_NAME, "paths_sha256")):
+            # A flipped byte would give other neighbours without a word: the bytes must be the ones written.
+            if file_sha256(self.dir / name) != self.meta[key]:
+                raise DataError(f"{self.dir / name} is not the file the index wrote (sha256 differs): "
+                                "rebuild the index with flameclip index")
         n = self.meta["count"]
         if self.embeddings.shape != (n, self.meta["embed_dim"]) or len(self.paths) != n:
             raise DataError(f"index {self.dir} is damaged (embeddings {tuple(self.embeddings.shape)}, "

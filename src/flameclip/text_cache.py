@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import fcntl
 import shutil
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .store import EmbeddingStore, StoreWriter
+from .store import EmbeddingStore, StoreWriter, read_manifest
+from .store.verify import verify_store
 from .text.llm import cache_dir
 
 MERGE_RATIO = 2  # merge two segments when the larger holds at most this many times the smaller's texts
@@ -66,62 +68,87 @@ class TextEmbeddingCache:
         ids = {t: self.text_id(t) for t in unique}
         missing = [t for t in unique if (fkey, ids[t]) not in self._memo]
         if missing:
-            segments = self.segments(folder, llm_fp)
-            for store in segments:
+            for store in self.segments(folder, llm_fp):
                 try:
                     found = {t: store.get(ids[t]) for t in missing if ids[t] in store}
-                except RuntimeError as e:  # a damaged segment: its texts are encoded again
-                    print(f"[text cache] dropping a damaged cache segment ({e})", file=sys.stderr)
-                    store.close()
-                    shutil.rmtree(store.root, ignore_errors=True)
+                except (RuntimeError, OSError) as e:
+                    _drop_if_damaged(store, e)  # its texts are encoded again below
                     continue
+                finally:
+                    store.close()
                 self._memo.update({(fkey, ids[t]): row for t, row in found.items()})
                 missing = [t for t in missing if (fkey, ids[t]) not in self._memo]
-            for store in segments:
-                store.close()
         if missing:
             states = encoder_factory().encode(missing, prompt_set, progress=progress).numpy()
             for t, row in zip(missing, states):
                 self._memo[(fkey, ids[t])] = row
-            self._write_segment(folder, llm_fp, [ids[t] for t in missing], states, prompt_set.k)
+            _write_segment(folder, llm_fp, [ids[t] for t in missing], states, prompt_set.k)
             self._merge(folder, llm_fp, prompt_set.k)
         return torch.from_numpy(np.stack([self._memo[(fkey, ids[t])] for t in texts]))
 
-    @staticmethod
-    def _write_segment(folder: Path, llm_fp: dict, ids: list[str], states: np.ndarray, k: int) -> None:
-        sub = folder / hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-        if (sub / "manifest.json").exists():
-            shutil.rmtree(sub)  # an incomplete segment of the same texts, or a complete duplicate
-        writer = StoreWriter(sub, fingerprint=llm_fp, columns=[{"name": "text", "k": k}], dim=states.shape[-1],
-                             ids=ids, shard_size=4096, dtype="fp32")
-        for j in writer.pending_shards():
-            lo, hi = writer.shard_range(j)
-            writer.write_shard(j, states[lo:hi])
-        writer.finalize()
+    def _merge(self, folder: Path, llm_fp: dict, k: int, max_passes: int = 64) -> None:
+        """Merge the two smallest segments while they are of similar size (the larger at most twice).
 
-    def _merge(self, folder: Path, llm_fp: dict, k: int) -> None:
-        """Merge the two smallest segments while they are of similar size (the larger at most twice)."""
-        while True:
-            segments = self.segments(folder, llm_fp)
-            if len(segments) < 2 or len(segments[-2]) > MERGE_RATIO * len(segments[-1]):
-                for s in segments:
-                    s.close()
-                return
-            small = segments[-2:]
+        One process merges a folder at a time (an advisory lock; a process that finds it taken
+        leaves the merging to the holder). Readers take no lock: a segment that vanishes under a
+        reader is skipped, and its texts are still in the merged one.
+        """
+        with open(folder / ".merge.lock", "w") as lock:
             try:
-                ids = list(dict.fromkeys(i for s in small for i in s.ids()))
-                states = np.stack([next(s.get(i) for s in small if i in s) for i in ids])
-            except (RuntimeError, OSError, ValueError) as e:  # damaged: drop the pair (a cache: re-encoded on a miss)
-                print(f"[text cache] dropping a damaged cache segment ({e})", file=sys.stderr)
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return
+            for _ in range(max_passes):  # bounded, even if a folder cannot be removed
+                segments = self.segments(folder, llm_fp)
                 for s in segments:
                     s.close()
+                if len(segments) < 2 or len(segments[-2]) > MERGE_RATIO * len(segments[-1]):
+                    return
+                small = segments[-2:]
+                try:
+                    ids = list(dict.fromkeys(i for s in small for i in s.ids()))
+                    states = np.stack([next(s.get(i) for s in small if i in s) for i in ids])
+                except (RuntimeError, OSError) as e:
+                    for s in small:  # only the pair member that really is damaged goes
+                        _drop_if_damaged(s, e)
+                    continue
+                finally:
+                    for s in small:
+                        s.close()
+                merged = _write_segment(folder, llm_fp, ids, states, k)
                 for s in small:
-                    shutil.rmtree(s.root, ignore_errors=True)
-                continue
-            for s in segments:
-                s.close()
-            self._write_segment(folder, llm_fp, ids, states, k)
-            merged = folder / hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-            for s in small:
-                if Path(s.root) != merged:
-                    shutil.rmtree(s.root, ignore_errors=True)
+                    if Path(s.root) != merged:
+                        shutil.rmtree(s.root, ignore_errors=True)
+
+
+def _segment_name(folder: Path, ids: list[str]) -> Path:
+    return folder / hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _write_segment(folder: Path, llm_fp: dict, ids: list[str], states: np.ndarray, k: int) -> Path:
+    """Write a complete segment of ``ids`` (written before anything it replaces is removed)."""
+    sub = _segment_name(folder, ids)
+    try:
+        EmbeddingStore(sub, expect_fingerprint=llm_fp).close()
+        return sub  # already complete: the same ids give the same rows
+    except (ValueError, RuntimeError, FileNotFoundError, OSError):
+        shutil.rmtree(sub, ignore_errors=True)  # absent, or left incomplete by a killed run
+    writer = StoreWriter(sub, fingerprint=llm_fp, columns=[{"name": "text", "k": k}], dim=states.shape[-1],
+                         ids=ids, shard_size=4096, dtype="fp32")
+    for j in writer.pending_shards():
+        lo, hi = writer.shard_range(j)
+        writer.write_shard(j, states[lo:hi])
+    writer.finalize()
+    return sub
+
+
+def _drop_if_damaged(store: EmbeddingStore, e: Exception) -> None:
+    """Remove a segment that cannot be read; one another process's merge removed is just gone."""
+    store.close()
+    manifest = read_manifest(store.root) if Path(store.root, "manifest.json").exists() else None
+    if manifest is None:
+        return
+    _, problems = verify_store(store.root, manifest, full=False)  # sizes and headers of every shard
+    if problems:
+        print(f"[text cache] dropping a damaged cache segment {store.root} ({e})", file=sys.stderr)
+        shutil.rmtree(store.root, ignore_errors=True)

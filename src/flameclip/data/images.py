@@ -206,11 +206,15 @@ class ImageTextDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load(self, rec: ImageRecord, epoch: int, index: int) -> Image.Image:
+    def _load(self, rec: ImageRecord, epoch: int, index: int, bad: list) -> Image.Image:
         if self.use_views and rec.views:
             # A stream of its own, so that samples without views draw exactly what they drew before.
             pick = int(np.random.default_rng([self.seed, epoch, index, 1]).integers(len(rec.views) + 1))
-            return open_record(rec, rec.views[pick - 1] if pick else None)
+            if pick:
+                try:
+                    return open_record(rec, rec.views[pick - 1])
+                except UNREADABLE as e:  # reported, and the sample's own image stands in for the view
+                    bad.append((rec.id, rec.views[pick - 1], why_unreadable(e)))
         return open_record(rec)
 
     def __getitem__(self, key: tuple[int, int]):
@@ -219,7 +223,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         for attempt in range(self.max_replacements):
             rec = self.records[(index + attempt) % len(self.records)]
             try:
-                image = self._load(rec, epoch, index)
+                image = self._load(rec, epoch, index, bad)
                 break
             except UNREADABLE as e:
                 bad.append((rec.id, rec.path, why_unreadable(e)))

@@ -25,7 +25,10 @@ from .quant import DTYPES, SCALE_DTYPE, decode
 
 
 class _LRU:
-    """The ``capacity`` most recently used values of ``load(key)``; ``evict(value)`` on the way out."""
+    """The ``capacity`` most recently used values of ``load(key)``; ``evict(value)`` on the way out.
+
+    Not thread-safe: a reader belongs to one thread (each DataLoader worker opens its own).
+    """
 
     def __init__(self, capacity: int, load: Callable, evict: Callable | None = None):
         self.capacity, self.load, self.evict = capacity, load, evict
@@ -104,7 +107,9 @@ class EmbeddingStore:
         self.num_rows: int = start
         self._row_bytes = self.dim * DTYPES[self.dtype].itemsize
         self._data_offset: dict[int, tuple] = {}  # shard -> data (and scale) byte offsets, headers checked
-        self._fds = _LRU(_open_fd_budget(), self._open_fds, self._close_fds)
+        # Two files per shard for int8 (values and scales): the budget counts files.
+        self._fds = _LRU(max(1, _open_fd_budget() // (2 if self.dtype == "int8" else 1)), self._open_fds,
+                         self._close_fds)
         self._ids = _LRU(self.CACHED_IDS, self._load_ids)
         self._index = IdIndex(index_dir(self.root), self._ids.__getitem__)
 
@@ -157,7 +162,11 @@ class EmbeddingStore:
             scale = self._check_shard(j, "scale", (n, self.num_rows), SCALE_DTYPE) if self.dtype == "int8" else None
             self._data_offset[j] = (data, scale)
         fd = os.open(shard_file(self.root, j, "data"), os.O_RDONLY)
-        fd_scale = os.open(shard_file(self.root, j, "scale"), os.O_RDONLY) if self.dtype == "int8" else None
+        try:
+            fd_scale = os.open(shard_file(self.root, j, "scale"), os.O_RDONLY) if self.dtype == "int8" else None
+        except OSError:
+            os.close(fd)
+            raise
         return fd, fd_scale
 
     @staticmethod

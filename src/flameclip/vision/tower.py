@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import math
+
 import timm
 import torch
 import torch.nn as nn
@@ -67,7 +69,7 @@ class ConvStem(nn.Module):
         for i in range(stages):
             c_out = max(8, embed_dim // 2 ** (stages - i))
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                       nn.GroupNorm(min(8, c_out), c_out), nn.ReLU(inplace=True)]
+                       nn.GroupNorm(math.gcd(8, c_out), c_out), nn.ReLU(inplace=True)]
             c_in = c_out
         layers.append(nn.Conv2d(c_in, embed_dim, 1, bias=bias))
         self.proj = nn.Sequential(*layers)
