@@ -5,7 +5,7 @@ recipe uses many: webdataset tar shards of the demo's emoji scenes with their al
 by a tiny random LLaVA, embedded by a tiny random Llama (real architectures, toy sizes: the
 plumbing is what is tested, not the words), trained with configs/flame-vitb16-cc3m.toml shrunk to
 a small ViT, and evaluated on the demo's zero-shot and long-caption tasks. Prints the wall time of
-each step. The slow test tier runs it on 120 images.
+each step. The slow test tier runs it as it is, on 2,000 images.
 
     python benchmarks/dry_run_recipe.py [--images 2000] [--out runs/dry-run]
 """

@@ -21,7 +21,7 @@ from flameclip.text.prompts import load_prompt_set
 
 from .conftest import CAPTIONS
 
-# Relative to each vector's norm. fp32 measures ~1e-6; the issue allows no looser than 1e-4.
+# Relative to each vector's norm. fp32 measures ~1e-6; the bound allowed is 1e-4.
 TOL = 1e-5
 
 

@@ -1,4 +1,4 @@
-"""The CC3M recipe's whole chain on 120 images, two processes per step (benchmarks/dry_run_recipe.py)."""
+"""The CC3M recipe's whole chain on 2,000 images, two processes per step (benchmarks/dry_run_recipe.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flameclip.store import EmbeddingStore
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dry_run_recipe import run_chain  # noqa: E402
 
-N = 120
+N = 2000  # about a minute on 2 cores
 
 
 @pytest.mark.slow

@@ -118,7 +118,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(data, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_mid_run_keeps_the_steps_done_and_resumes_to_the_same_weights(data, tmp_path):
-    common = ["epochs=8", "save_every=10", "keep_checkpoints=10"]
+    common = ["epochs=40", "save_every=50", "keep_checkpoints=10"]  # 200 steps
     full = tmp_path / "full"
     p = _run_cli(_overrides(data, full, *common))
     assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
@@ -126,22 +126,30 @@ def test_ctrl_c_mid_run_keeps_the_steps_done_and_resumes_to_the_same_weights(dat
     cut = tmp_path / "cut"
     p = _run_cli(_overrides(data, cut, *common))
     deadline = time.time() + 600
-    while not (cut / "checkpoints" / "step-0000010").exists() and p.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # into the steps after the checkpoint
+
+    def logged_steps() -> int:
+        try:
+            return len((cut / "metrics.csv").read_text().splitlines()) - 1
+        except OSError:
+            return 0
+
+    # Past the step-50 checkpoint and a few steps into the next stretch (log_every=1), well before 200.
+    while logged_steps() < 55 and p.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
     p.send_signal(signal.SIGINT)
-    assert p.wait(timeout=120) == 130
+    assert p.wait(timeout=120) == 130, "the signal must land mid-run"
     lines = [ln for ln in p.stderr.read().splitlines() if ln.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "resume=latest" in lines[0], lines
     kept = sorted(int(c.name.split("-")[1]) for c in (cut / "checkpoints").glob("step-*"))
-    assert kept[0] == 10 and 10 <= kept[-1] < 40, kept  # the steps done since step 10 were saved on the way out
-    assert len(_metrics(cut)) >= kept[-1]
+    assert kept[0] == 50 and 55 <= kept[-1] < 200, kept  # the steps done since step 50, saved on the way out
 
     p = _run_cli(_overrides(data, cut, *common, "resume=latest"))
     assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
-    a = load_file(full / "checkpoints" / "step-0000040" / "model.safetensors")
-    b = load_file(cut / "checkpoints" / "step-0000040" / "model.safetensors")
+    a = load_file(full / "checkpoints" / "step-0000200" / "model.safetensors")
+    b = load_file(cut / "checkpoints" / "step-0000200" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "the interrupted run must end where the whole one does"
+    steps = [int(r["step"]) for r in _metrics(cut)]
+    assert steps == sorted(set(steps)) and steps[-1] == 200
 
 
 @pytest.mark.slow
