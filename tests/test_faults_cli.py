@@ -17,7 +17,9 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, after_s):
     p = subprocess.Popen([sys.executable, "-m", "flameclip.cli", "train", "--no-progress", f"out={tmp_path / 'r'}",
                           f"train_manifest={tmp_path / 'none.jsonl'}", f"store={tmp_path / 'store'}"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+                         env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         # background jobs start with SIGINT ignored; a terminal's Ctrl-C is what is tested
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(after_s)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)

@@ -80,9 +80,15 @@ def test_flame_training_learns_and_writes_a_run_folder(data, tmp_path):
     assert not any(p.suffix in (".bin", ".pt") and p.name != "trainer_state.pt" for p in res.checkpoint.iterdir())
 
 
+def _default_sigint():
+    # A shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C handler:
+    # give the child the default disposition, as a terminal would, whatever runs the tests.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_cli(args, env=None):
     return subprocess.Popen([sys.executable, "-m", "flameclip.cli", "train", "--no-progress", *args],
-                            env=env or dict(os.environ, OMP_NUM_THREADS="1"),
+                            env=env or dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=_default_sigint,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
