@@ -50,6 +50,11 @@ FLAME_ONLY = {
     # The image tower's stem: 3x3 stride-2 convolutions instead of the 8x8 patchify (both sides).
     "sigmoid-b3.5-lr1e-3 whiten-0.75 conv-stem": sigmoid("1e-3", "model.text_whiten=0.75",
                                                          "model.vision_stem=\"conv\""),
+    # With the conv stem (the demo's since): does the best whitening power or learning rate move?
+    "sigmoid-b3.5-lr1e-3 whiten-0.5 conv-stem": sigmoid("1e-3", "model.text_whiten=0.5", "model.vision_stem=\"conv\""),
+    "sigmoid-b3.5-lr1e-3 whiten-1 conv-stem": sigmoid("1e-3", "model.text_whiten=1.0", "model.vision_stem=\"conv\""),
+    "sigmoid-b3.5-lr2e-3 whiten-0.75 conv-stem": sigmoid("2e-3", "model.text_whiten=0.75",
+                                                         "model.vision_stem=\"conv\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),

@@ -184,3 +184,23 @@ def test_two_processes_write_the_table_one_process_writes(tmp_path, images, vlm,
            "--batch-size", "2", "--chunk-size", "3", "--no-progress"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
     assert two.read_bytes() == one.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", ["chunk-000000.json", "chunk-000002.json"])
+def test_sigkill_at_several_points_then_the_same_command_gives_the_same_table(tmp_path, images, vlm, prompts,
+                                                                                kill_after):
+    from subprocess_kill import kill_when_exists
+
+    whole = tmp_path / "whole.jsonl"
+    R.run_recaption(config(images, vlm, whole, prompts, chunk_size=2), progress=False)
+    out = tmp_path / "cut.jsonl"
+    cmd = [sys.executable, "-m", "flameclip.cli", "recaption", "--images", str(images), "--model", vlm, "--out",
+           str(out), "--prompts", prompts, "--batch-size", "2", "--chunk-size", "2", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kill_when_exists(p, Path(f"{out}.parts") / kill_after)
+    assert not out.exists(), "the kill must land before the table is written"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes() == whole.read_bytes()
