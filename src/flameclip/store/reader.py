@@ -22,6 +22,7 @@ from .index import IdIndex
 from .layout import index_dir, shard_dir, shard_file, written_shards
 from .manifest import STORE_FORMAT, StoreMismatchError, compare_fingerprints, mismatch_message, read_manifest
 from .quant import DTYPES, SCALE_DTYPE, decode
+from .verify import npy_problem
 
 
 class _LRU:
@@ -50,17 +51,6 @@ class _LRU:
             _, old = self.items.popitem()
             if self.evict is not None:
                 self.evict(old)
-
-
-def _npy_layout(path: str) -> tuple[tuple, np.dtype, int]:
-    """(shape, dtype, byte offset of the data) from a .npy header; raises on a malformed one."""
-    with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-        if fortran:
-            raise ValueError("Fortran-ordered array")
-        return shape, dtype, f.tell()
 
 
 def _open_fd_budget() -> int:
@@ -139,20 +129,10 @@ class EmbeddingStore:
 
     def _check_shard(self, j: int, kind: str, shape: tuple, dtype: np.dtype) -> int:
         """The data offset of shard j's ``kind`` file, after checking its header and its size."""
-        path = shard_file(self.root, j, kind)
-        damaged = (f"the store is damaged; `flameclip verify {self.root}` lists what, "
-                   "and the same embed command repairs it")
-        try:
-            found_shape, found_dtype, offset = _npy_layout(path)
-            size = os.path.getsize(path)
-        except (ValueError, OSError, EOFError) as e:
-            raise RuntimeError(f"{path} is unreadable ({e}): {damaged}") from None
-        if found_shape != shape or found_dtype != dtype:
-            raise RuntimeError(f"{path} holds {found_dtype}{list(found_shape)} but the manifest says "
-                               f"{dtype}{list(shape)}: {damaged}")
-        if size != offset + int(np.prod(shape)) * dtype.itemsize:
-            raise RuntimeError(f"{path} is unreadable ({size} bytes, not the "
-                               f"{offset + int(np.prod(shape)) * dtype.itemsize} its header promises: cut short?): {damaged}")
+        problem, offset = npy_problem(shard_file(self.root, j, kind), shape, dtype)
+        if problem:
+            raise RuntimeError(f"{shard_file(self.root, j, kind)} is unreadable ({problem}): the store is damaged; "
+                               f"`flameclip verify {self.root}` lists what, and the same embed command repairs it")
         return offset
 
     def _open_fds(self, j: int) -> tuple[int, int | None]:

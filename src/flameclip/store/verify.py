@@ -24,26 +24,30 @@ def expected_shape(manifest: dict, j: int) -> tuple[int, int, int]:
     return n, rows, manifest["dim"]
 
 
-def shard_problem(root: str, manifest: dict, j: int) -> str | None:
-    """What is wrong with shard ``j``'s data file from its header and size alone (None: looks whole)."""
-    path = shard_file(root, j, "data")
+def npy_problem(path: str, want_shape: tuple, want_dtype: np.dtype) -> tuple[str | None, int]:
+    """(what is wrong with a .npy file from its header and size alone, or None; its data's byte offset)."""
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
             if version not in read_header:
-                return f"{path}: .npy version {version}, which flameclip does not write"
+                return f"{path}: .npy version {version}, which flameclip does not write", 0
             shape, fortran, dtype = read_header[version](f)
             data_start = f.tell()
     except (ValueError, OSError, EOFError) as e:
-        return f"{path}: not a readable .npy file ({e})"
-    want_shape, want_dtype = expected_shape(manifest, j), np.dtype(DTYPES[manifest["dtype"]])
-    if tuple(shape) != want_shape or dtype != want_dtype or fortran:
-        return f"{path}: holds {dtype}{list(shape)}, the manifest says {want_dtype}{list(want_shape)}"
+        return f"{path}: not a readable .npy file ({e})", 0
+    want_dtype = np.dtype(want_dtype)
+    if tuple(shape) != tuple(want_shape) or dtype != want_dtype or fortran:
+        return f"{path}: holds {dtype}{list(shape)}, the manifest says {want_dtype}{list(want_shape)}", data_start
     size, want = os.path.getsize(path), data_start + int(np.prod(want_shape)) * want_dtype.itemsize
     if size != want:
-        return f"{path}: {size} bytes, {want} expected (truncated or appended to)"
-    return None
+        return f"{path}: {size} bytes, {want} expected (truncated or appended to)", data_start
+    return None, data_start
+
+
+def shard_problem(root: str, manifest: dict, j: int) -> str | None:
+    """What is wrong with shard ``j``'s data file from its header and size alone (None: looks whole)."""
+    return npy_problem(shard_file(root, j, "data"), expected_shape(manifest, j), DTYPES[manifest["dtype"]])[0]
 
 
 def verify_store(root: str, manifest: dict, full: bool = True) -> tuple[int, list[str]]:
