@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.captions import read_captions
+from .launch import process_device, rank_and_world
 from .store import StoreWriter
 from .text.facets import EXACT_ROUTES, CaptionError, FacetEncoder
 from .text.llm import load_llm
@@ -89,21 +90,9 @@ def caption_digests(ids: list[str], columns: list[list[str]], shard_size: int) -
     return out
 
 
-def _dist_env() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
-
-
 def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
-    rank, world = _dist_env()
-    device = _device(cfg.device)
+    rank, world = rank_and_world()
+    device = process_device(cfg.device)
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         torch.distributed.init_process_group(backend)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,8 @@ from tqdm.auto import tqdm
 
 from .data.captions import iter_records
 from .data.image_io import UNREADABLE, why_unreadable
-from .data.images import ImageRecord, open_record, read_images
+from .data.images import ImageRecord, open_record, read_images, sample_key
+from .launch import process_device, rank_and_world
 from .store.atomic import atomic_write_bytes
 
 PROMPTS_DIR = Path(__file__).with_name("recaption_prompts")
@@ -109,9 +109,7 @@ def alt_texts(source: str, records: list[ImageRecord], raw_column: str) -> dict[
         for shard in dict.fromkeys(r.path for r in records):
             with tarfile.open(shard, "r:") as tar:
                 for m in tar:
-                    folder, _, base = m.name.rpartition("/")
-                    stem, _, ext = base.partition(".")
-                    key = f"{folder}/{stem}" if folder else stem
+                    key, ext = sample_key(m.name)
                     if m.isfile() and ext.lower() == "txt" and key in wanted:
                         try:
                             out[key] = tar.extractfile(m).read().decode("utf-8").strip()
@@ -159,14 +157,6 @@ class Captioner:
         return [t.strip() for t in self.processor.batch_decode(new, skip_special_tokens=True)]
 
 
-def _default_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-
-
 def _plan(cfg: RecaptionConfig, records: list[ImageRecord], prompts: dict, dtype: str) -> dict:
     """What the parts depend on; a rerun must match it to resume."""
     from .text.llm import folder_weights_sha256
@@ -198,13 +188,13 @@ def _part(parts: Path, c: int) -> Path:
 
 
 def run_recaption(cfg: RecaptionConfig, progress: bool = True) -> RecaptionSummary:
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = rank_and_world()
     if cfg.batch_size < 1 or cfg.chunk_size < 1:
         raise RecaptionError(f"batch_size and chunk_size must be >= 1, got {cfg.batch_size} and {cfg.chunk_size}")
     if Path(cfg.out).suffix.lower() not in (".parquet", ".jsonl", ".csv"):
         raise RecaptionError(f"{cfg.out}: the captions table must be .parquet, .jsonl or .csv")
     prompts = load_prompts(cfg.prompts)
-    device = _default_device(cfg.device)
+    device = process_device(cfg.device)
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
     records = read_images(cfg.images, cfg.image_root)
     raw = alt_texts(cfg.images, records, cfg.raw_column)

@@ -43,6 +43,13 @@ class ImageRecord:
     views: tuple[str, ...] = ()
 
 
+def sample_key(member: str) -> tuple[str, str]:
+    """(sample key, extension) of a tar member, webdataset's way: "a/b.seg.jpg" -> ("a/b", "seg.jpg")."""
+    folder, _, base = member.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext
+
+
 def read_webdataset(pattern: str) -> list[ImageRecord]:
     """Index webdataset tar shards for random access: one record per sample key with an image.
 
@@ -65,11 +72,9 @@ def read_webdataset(pattern: str) -> list[ImageRecord]:
                 for m in tar:
                     if not m.isfile():
                         continue
-                    folder, _, base = m.name.rpartition("/")
-                    stem, dot, ext = base.partition(".")
-                    if not dot or "." + ext.lower().rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS:
+                    key, ext = sample_key(m.name)
+                    if not ext or "." + ext.lower().rsplit(".", 1)[-1] not in IMAGE_EXTENSIONS:
                         continue
-                    key = f"{folder}/{stem}" if folder else stem
                     if key in seen:
                         raise DataError(f"{shard}: sample '{key}' has two images (also in {seen[key]})")
                     seen[key] = shard

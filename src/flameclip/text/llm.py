@@ -139,12 +139,14 @@ class LLMSource:
 
 
 def folder_weights_sha256(folder: Path) -> str:
+    """One sha256 over a model folder's safetensors files (each remembered, as for GGUF files, so a
+    multi-gigabyte model is hashed once, not at every load or every rank's start)."""
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise LLMNotFoundError(f"{folder} has no .safetensors weights; only safetensors folders are loaded")
     digest = hashlib.sha256()
     for p in weights:
-        digest.update(p.name.encode() + file_sha256(p).encode())
+        digest.update(p.name.encode() + _cached_file_hash(p).encode())
     return digest.hexdigest()
 
 
