@@ -337,3 +337,35 @@ def test_views_redraw_fit_scenes_and_keep_every_caption_true(tmp_path):
         assert SC.max_occlusion(view.objects, 64) <= SC.MAX_OCCLUSION
     with pytest.raises(ValueError, match="train_views"):
         build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, train_views=-1)
+
+
+def test_glyph_cards_show_one_named_glyph_in_fresh_drawings_and_stay_out_of_validation(tmp_path):
+    sizes = {**TINY, "n_train": 30, "n_val": 5}
+    p = build_demo_data(tmp_path / "d", "cpu", seed=0, progress=False, **sizes, glyph_cards=2, card_views=3)
+    fit, val, manifest = _jsonl(p["fit_manifest"]), _jsonl(p["val_manifest"]), _jsonl(p["train_manifest"])
+    cards = [r for r in fit if r["id"].startswith("card-")]
+    vocab = G.vocabulary(TINY["vocab_size"])
+    assert len(cards) == 2 * len(vocab) and all(len(r["views"]) == 3 for r in cards)
+    assert not any(r["id"].startswith("card-") for r in val)
+    assert sorted(r["id"] for r in fit + val) == sorted(r["id"] for r in manifest)
+    # Cards are spread through the fit list, so a prefix of it (the data-efficiency runs) holds its share.
+    first_half = fit[: len(fit) // 2]
+    assert abs(sum(r["id"].startswith("card-") for r in first_half) - len(cards) / 2) <= 1
+    # Captions name the glyph only: the same text for both records of a glyph, whatever the drawing.
+    caps = {r["id"]: r for r in _jsonl(p["train_captions"])}
+    for j, g in enumerate(vocab):
+        a, b = caps[f"card-{j:05d}-0"], caps[f"card-{j:05d}-1"]
+        assert a["raw"] == g.name and a == {**b, "id": a["id"]}
+        assert g.name in a["short"] and g.name in a["long"]
+    # Every drawing is a different picture of one glyph alone.
+    root = Path(p["fit_manifest"]).parent
+    pixels = [np.asarray(Image.open(root / f)).tobytes() for r in cards for f in [r["image"], *r["views"]]]
+    assert len(set(pixels)) == len(pixels)
+    scenes = {s["id"]: s for s in _jsonl(p["train_scenes"])}
+    assert all(len(scenes[r["id"]]["objects"]) == 1 for r in cards)
+    # The scenes themselves are those of the build without cards.
+    plain = build_demo_data(tmp_path / "plain", "cpu", seed=0, progress=False, **sizes)
+    assert _jsonl(plain["val_manifest"]) == val
+    assert [r for r in fit if not r["id"].startswith("card-")] == _jsonl(plain["fit_manifest"])
+    with pytest.raises(ValueError, match="glyph_cards"):
+        build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, glyph_cards=-1)

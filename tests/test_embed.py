@@ -205,3 +205,28 @@ def test_a_checkpoint_from_a_causal_store_encodes_queries_the_same_way(tmp_path)
         assert m._facet_encoder().route == ("causal" if extra else "fda")
     assert torch.allclose(states["exact"][0], states["causal"][0], atol=1e-4)  # facet 1 sees the same
     assert not torch.allclose(states["exact"][1], states["causal"][1], atol=1e-2)
+
+
+def test_repeated_captions_are_encoded_once_and_stored_like_the_others(tmp_path):
+    recs = _records(5)
+    recs[3]["long"] = recs[1]["long"]  # an alt-text repeated across samples, as in web data
+    recs[4]["raw"] = recs[0]["raw"]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    cfg = EmbedConfig(captions=str(path), out=str(tmp_path / "dup"), prompts={"raw": "single", "long": "long7"},
+                      shard_size=8)
+    summary = run_embed(cfg, progress=False)
+    assert summary.repeats == 2 and summary.embedded == 5
+    # The reference: the same samples without any repeat, each in a store of its own texts.
+    unique = [r for i, r in enumerate(recs) if i not in (3, 4)]
+    ref_path = tmp_path / "u.jsonl"
+    ref_path.write_text("".join(json.dumps(r) + "\n" for r in unique), encoding="utf-8")
+    run_embed(EmbedConfig(captions=str(ref_path), out=str(tmp_path / "ref"), prompts=cfg.prompts, shard_size=8),
+              progress=False)
+    dup, ref = EmbeddingStore(tmp_path / "dup"), EmbeddingStore(tmp_path / "ref")
+    assert np.array_equal(dup.get_column(recs[3]["id"], "long"), ref.get_column(recs[1]["id"], "long"))
+    assert np.array_equal(dup.get_column(recs[4]["id"], "raw"), ref.get_column(recs[0]["id"], "raw"))
+    # The samples' other column is their own text, not a copy.
+    assert not np.array_equal(dup.get_column(recs[3]["id"], "raw"), dup.get_column(recs[1]["id"], "raw"))
+    for r in unique:
+        assert np.array_equal(dup.get(r["id"]), ref.get(r["id"]))

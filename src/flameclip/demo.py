@@ -41,6 +41,8 @@ class DemoSizes:
     fractions: tuple[float, ...] = (0.25, 0.5)  # FLAME's data-efficiency runs (share of the fit scenes)
     sparse_percent: int = 50  # share of training scenes with only 1-3 glyphs (see data/demo/build.py)
     train_views: int = 0  # extra drawings of each fit scene, glyphs moved within their cells
+    glyph_cards: int = 0  # records per vocabulary glyph of the glyph alone, captioned by its name only
+    card_views: int = 0  # extra drawings of each glyph card (training draws one per epoch)
 
 
 SIZES = {
@@ -86,7 +88,8 @@ def data_kwargs(scale: str) -> dict:
     """What ``build_demo_data`` is given at a demo scale (tiny: a few samples of every set)."""
     sizes = SIZES[scale]
     kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "n_val": sizes.n_val,
-          "sparse_percent": sizes.sparse_percent, "train_views": sizes.train_views, "image_size": sizes.image_size}
+          "sparse_percent": sizes.sparse_percent, "train_views": sizes.train_views, "image_size": sizes.image_size,
+          "glyph_cards": sizes.glyph_cards, "card_views": sizes.card_views}
     if scale == "tiny":
         kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,
                   fashion_train=40, fashion_test=20)

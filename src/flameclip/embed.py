@@ -50,6 +50,7 @@ class EmbedSummary:
     embedded: int = 0  # samples encoded by this run (the rest were already in the store)
     skipped: int = 0  # samples left out because a caption was empty (--skip-empty)
     truncated: int = 0  # captions cut to fit the context
+    repeats: int = 0  # captions equal to an earlier one of their shard and column: encoded once
     max_tokens: int = 0  # the cap they were cut to
     tokens: int = 0
     seconds: float = 0.0
@@ -65,6 +66,7 @@ class EmbedSummary:
             ("embedded this run", f"{self.embedded}"),
             ("skipped (empty caption)", f"{self.skipped}"),
             ("captions truncated", f"{self.truncated}"),
+            ("repeated captions (encoded once)", f"{self.repeats}"),
             ("time", f"{self.seconds:.1f} s"),
             ("captions/s", f"{rate:.2f}"),
             ("tokens/s", f"{tok:.0f}"),
@@ -165,12 +167,22 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
         parts = []
         for c in columns:
             texts = [table.columns[c][keep[g]] for g in range(lo, hi)]
+            # A text that repeats in the shard (alt-texts often do) is encoded once and its rows
+            # copied: the same tokens give the same states, so the store is unchanged.
+            first, slot = {}, []  # text -> where it first appears; each sample's unique text
+            for g, t in enumerate(texts):
+                slot.append(len(first) if t not in first else slot[first[t]])
+                first.setdefault(t, g)
+            unique = list(first)
             try:
-                items = encoder.tokenize(texts, prompt_sets[c], start_index=lo)
+                items = [encoder.tokenize([t], prompt_sets[c], start_index=lo + g)[0] for t, g in first.items()]
             except CaptionError as e:
                 raise EmbedError(f"{cfg.captions}: sample '{ids[e.index]}', column '{c}': {e}") from None
-            parts.append(encoder.encode_tokenized(items, on_batch=on_batch).numpy())
-            summary.truncated += sum(it.truncated for it in items)
+            rows = encoder.encode_tokenized(items, on_batch=on_batch).numpy()
+            parts.append(rows[slot])
+            bar.update(len(texts) - len(unique))
+            summary.repeats += len(texts) - len(unique)
+            summary.truncated += sum(items[k].truncated for k in slot)
         writer.write_shard(j, np.concatenate(parts, axis=1))
         summary.embedded += hi - lo
     bar.close()

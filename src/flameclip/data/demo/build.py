@@ -7,6 +7,8 @@ writes, under the root::
     train/images/*.png  train/manifest.jsonl (id, image)  train/captions.jsonl (id, raw, short, long)
     train/fit.jsonl, train/val.jsonl  the same scenes split: the last n_val are held out for validation
                         (learning curves, choosing settings); the evaluation sets below are never used for that
+                        fit.jsonl also holds the glyph cards (glyph_cards per vocabulary glyph: the glyph
+                        alone in 1 + card_views drawings, captioned by its name only), spread through it
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
     eval/long_retrieval.jsonl   long captions; groups of hard negatives that differ late in the text
     eval/novel_retrieval.jsonl  the same kind of groups, captioned by another writer (rephrase.py):
@@ -44,6 +46,7 @@ from . import glyphs as G
 from .rephrase import novel_long_caption
 from .scenes import (
     CLIP_TEXT_TOKENS,
+    article,
     common_prefix,
     captions,
     clip_pieces,
@@ -62,9 +65,11 @@ BUILD_VERSION = 2
 # cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
-    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, train_views=0, long_groups=50, group_size=4, n_short=200,
+    "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, train_views=0,
+                glyph_cards=0, card_views=0, long_groups=50, group_size=4, n_short=200,
                 n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
-    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, train_views=0, long_groups=500, group_size=4, n_short=2000,
+    "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, train_views=0,
+                glyph_cards=0, card_views=0, long_groups=500, group_size=4, n_short=2000,
                 n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
 
@@ -73,7 +78,7 @@ SCALES = {
 FASHION_SIZES = ("fashion_train", "fashion_test")
 
 # Part of every image's seed, so that the splits never share a random stream.
-SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS = range(7)
+SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS, SPLIT_CARDS = range(8)
 
 
 
@@ -155,6 +160,8 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise ValueError("n_classes and n_multilingual are drawn from the vocabulary: keep them <= vocab_size")
     if not 0 <= params["sparse_percent"] <= 100:
         raise ValueError(f"sparse_percent must be in 0..100, not {params['sparse_percent']}")
+    if params["glyph_cards"] < 0 or params["card_views"] < 0:
+        raise ValueError("glyph_cards and card_views must be >= 0 (records per glyph, extra drawings per record)")
     if params["train_views"] < 0:
         raise ValueError(f"train_views must be >= 0 (extra drawings of each training scene), not {params['train_views']}")
     if not 0 <= params["n_val"] < params["n_train"]:
@@ -172,6 +179,7 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
 def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, progress: bool = True,
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
                     n_val: int | None = None, sparse_percent: int | None = None, train_views: int | None = None,
+                    glyph_cards: int | None = None, card_views: int | None = None,
                     long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
                     n_multilingual: int | None = None, fashion_train: int | None = None,
@@ -187,7 +195,8 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     """
     root = Path(root)
     params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train, n_val=n_val,
-                            sparse_percent=sparse_percent, train_views=train_views,
+                            sparse_percent=sparse_percent, train_views=train_views, glyph_cards=glyph_cards,
+                            card_views=card_views,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
                             per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
                             fashion_test=fashion_test)
@@ -238,7 +247,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 def _build(out: Path, p: dict, progress: bool) -> dict:
     seed, S, gs = p["seed"], p["image_size"], p["group_size"]
     vocab = G.vocabulary(p["vocab_size"])
-    total = p["n_train"] + 2 * p["long_groups"] * gs + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"]
+    total = (p["n_train"] + len(vocab) * p["glyph_cards"] * (1 + p["card_views"]) + 2 * p["long_groups"] * gs
+             + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"])
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
     writer = _Writer()
     train, ev = out / "train", out / "eval"
@@ -271,10 +281,13 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         caps.append({"id": sid, **captions(scene)})
         scenes.append({"id": sid, **scene.to_json()})
         bar.update()
-    _write_jsonl(train / "manifest.jsonl", manifest)
     cut = len(manifest) - p["n_val"]
-    _write_jsonl(train / "fit.jsonl", manifest[:cut])
-    _write_jsonl(train / "val.jsonl", manifest[cut:])
+    fit, val = manifest[:cut], manifest[cut:]
+    cards = _glyph_cards(writer, train, seed, p, vocab, caps, scenes, bar)
+    manifest += cards
+    _write_jsonl(train / "manifest.jsonl", manifest)
+    _write_jsonl(train / "fit.jsonl", _interleave(fit, cards))
+    _write_jsonl(train / "val.jsonl", val)
     _write_jsonl(train / "captions.jsonl", caps)
     _write_jsonl(train / "scenes.jsonl", scenes)
 
@@ -324,6 +337,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
 
     return {
         "train_images": len(manifest),
+        "glyph_cards": len(cards),
         "held_out_for_validation": p["n_val"],
         "long_retrieval": {"images": len(long_rows), "groups": p["long_groups"]},
         "novel_retrieval": {"images": len(novel_rows), "groups": p["long_groups"]},
@@ -332,6 +346,45 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         "multilingual": {"images": p["n_multilingual"], "captions": len(multi_rows),
                          "languages": len({r["language"] for r in multi_rows})},
     }
+
+
+def card_captions(glyph: G.Glyph) -> dict[str, str]:
+    """A glyph card's captions: its name, true of every drawing whatever its place, size and background."""
+    name = glyph.name
+    return {"raw": name, "short": f"{article(name).capitalize()} {name}.",
+            "long": f"The image shows one object: {article(name)} {name}."}
+
+
+def _glyph_cards(writer: _Writer, train: Path, seed: int, p: dict, vocab, caps: list, scenes: list,
+                 bar) -> list[dict]:
+    """``glyph_cards`` records per vocabulary glyph, each its glyph alone in 1 + ``card_views`` drawings.
+
+    Their captions name the glyph and nothing else, so every drawing (another cell, size and
+    background) keeps them true and training draws one per epoch: 100 glyphs give 100 texts per
+    prompt, which the embedding step encodes once each, and an endless stream of images of them. A
+    target the image tower can only hit by knowing the glyph, not by remembering one picture.
+    """
+    out = []
+    for j, glyph in enumerate(vocab):
+        for r in range(p["glyph_cards"]):
+            sid = f"card-{j:05d}-{r}"
+            files = []
+            for v in range(1 + p["card_views"]):
+                scene, im = _draw_unique(writer, seed, SPLIT_CARDS, (j, r, v), _single(glyph, p["image_size"]))
+                files.append(f"images/{sid}-v{v}.png")
+                writer.save(im, train / files[-1])
+                if v == 0:
+                    scenes.append({"id": sid, **scene.to_json()})
+                bar.update()
+            out.append({"id": sid, "image": files[0], **({"views": files[1:]} if files[1:] else {})})
+            caps.append({"id": sid, **card_captions(glyph)})
+    return out
+
+
+def _interleave(a: list, b: list) -> list:
+    """``a`` and ``b`` merged in proportion (each keeps its order), so any prefix holds a fair share of both."""
+    keyed = [((i + 0.5) / len(a), 0, i) for i in range(len(a))] + [((i + 0.5) / len(b), 1, i) for i in range(len(b))]
+    return [(a, b)[side][i] for _, side, i in sorted(keyed)]
 
 
 def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, vocab, bar,
