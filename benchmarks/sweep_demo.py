@@ -15,6 +15,7 @@ Each run is a folder under <demo>/sweep/; finished runs are read back, not retra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -88,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="run only these setting names")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling); the data stay")
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo's)")
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
 
     demo = Path(args.demo)
     sizes = SIZES["cpu"]
+    if args.steps:
+        sizes = dataclasses.replace(sizes, steps=args.steps)
     data = demo / "data" / "train"
     store, captions = store_dir(demo, DEMO_LLM), data / "captions.jsonl"
     if not store.exists():
@@ -112,6 +116,8 @@ def main(argv=None) -> int:
         run = demo / "sweep" / side / name.replace(" ", "_").replace("(", "").replace(")", "")
         if args.seed:
             run = run.with_name(f"{run.name}_seed{args.seed}")
+        if args.steps:
+            run = run.with_name(f"{run.name}_steps{args.steps}")
         if not (run / "done.json").exists():
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",

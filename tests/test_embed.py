@@ -230,3 +230,30 @@ def test_repeated_captions_are_encoded_once_and_stored_like_the_others(tmp_path)
     assert not np.array_equal(dup.get_column(recs[3]["id"], "raw"), dup.get_column(recs[1]["id"], "raw"))
     for r in unique:
         assert np.array_equal(dup.get(r["id"]), ref.get(r["id"]))
+
+
+def test_text_cache_encodes_only_edited_captions_and_gives_the_same_store(tmp_path):
+    recs = _records(6)
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    prompts = {"raw": "single", "long": "long7"}
+    cache = tmp_path / "cache"
+    first = run_embed(EmbedConfig(captions=str(path), out=str(tmp_path / "a"), prompts=prompts, shard_size=4,
+                                  text_cache=str(cache)), progress=False)
+    assert first.cached == 0
+    recs[2]["long"] = recs[2]["long"] + " A second look shows a small red kite."
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    second = run_embed(EmbedConfig(captions=str(path), out=str(tmp_path / "b"), prompts=prompts, shard_size=4,
+                                   text_cache=str(cache)), progress=False)
+    assert second.cached == 2 * 6 - 1 and second.tokens < first.tokens / 4
+    fresh = run_embed(EmbedConfig(captions=str(path), out=str(tmp_path / "c"), prompts=prompts, shard_size=4),
+                      progress=False)
+    assert fresh.cached == 0
+    b, c = EmbeddingStore(tmp_path / "b"), EmbeddingStore(tmp_path / "c")
+    for r in recs:  # the cached rows are the states a fresh run computes (to the store's fp16)
+        np.testing.assert_allclose(b.get(r["id"]), c.get(r["id"]), rtol=1e-3, atol=1e-3)
+    assert not np.allclose(b.get_column(recs[2]["id"], "long"), EmbeddingStore(tmp_path / "a").get_column(recs[2]["id"], "long"))
+    # Another prompt set, or another token cap, is another key: nothing is reused across them.
+    other = run_embed(EmbedConfig(captions=str(path), out=str(tmp_path / "d"), prompts=prompts, shard_size=4,
+                                  max_tokens=256, text_cache=str(cache)), progress=False)
+    assert other.cached == 0

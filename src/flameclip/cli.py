@@ -40,6 +40,9 @@ def _add_embed(sub):
     p.add_argument("--shard-size", type=int, default=4096)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-empty", action="store_true", help="leave out samples with an empty caption instead of stopping")
+    p.add_argument("--text-cache", default=None, metavar="DIR",
+                   help="reuse the states of captions encoded before by the same LLM and prompts, and add the new "
+                        "ones (after editing a few captions, only those are encoded again); off by default")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -62,6 +65,7 @@ def cmd_embed(args) -> int:
         shard_size=args.shard_size,
         device=args.device,
         skip_empty=args.skip_empty,
+        text_cache=args.text_cache,
     )
     summary = run_embed(cfg, progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -24,6 +24,7 @@ from .store import StoreWriter
 from .text.facets import EXACT_ROUTES, CaptionError, FacetEncoder
 from .text.llm import load_llm
 from .text.prompts import clean_caption, load_prompt_set
+from .text_cache import TextEmbeddingCache
 
 
 @dataclass
@@ -42,6 +43,7 @@ class EmbedConfig:
     shard_size: int = 4096
     device: str = "auto"
     skip_empty: bool = False
+    text_cache: str | None = None  # a folder: states of texts encoded before are read from it, new ones added
 
 
 @dataclass
@@ -51,6 +53,7 @@ class EmbedSummary:
     skipped: int = 0  # samples left out because a caption was empty (--skip-empty)
     truncated: int = 0  # captions cut to fit the context
     repeats: int = 0  # captions equal to an earlier one of their shard and column: encoded once
+    cached: int = 0  # captions whose states came from the text cache
     max_tokens: int = 0  # the cap they were cut to
     tokens: int = 0
     seconds: float = 0.0
@@ -67,6 +70,7 @@ class EmbedSummary:
             ("skipped (empty caption)", f"{self.skipped}"),
             ("captions truncated", f"{self.truncated}"),
             ("repeated captions (encoded once)", f"{self.repeats}"),
+            ("captions from the text cache", f"{self.cached}"),
             ("time", f"{self.seconds:.1f} s"),
             ("captions/s", f"{rate:.2f}"),
             ("tokens/s", f"{tok:.0f}"),
@@ -133,6 +137,9 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
     if encoder.route not in EXACT_ROUTES:
         # The exact routes give the same numbers, so they share stores; the ablation's does not.
         fingerprint["route"] = encoder.route
+    # The cache is keyed by everything that makes a caption's states, except the prompt set (its own key).
+    cache = TextEmbeddingCache(cfg.text_cache) if cfg.text_cache else None
+    cache_key = {k: v for k, v in fingerprint.items() if k != "prompt_sets"}
     store_columns = [{"name": c, "k": prompt_sets[c].k, "prompt_set": prompt_sets[c].to_dict()} for c in columns]
     digests = caption_digests(ids, [[table.columns[c][i] for i in keep] for c in columns], cfg.shard_size)
     writer = StoreWriter(
@@ -178,9 +185,18 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
                 items = [encoder.tokenize([t], prompt_sets[c], start_index=lo + g)[0] for t, g in first.items()]
             except CaptionError as e:
                 raise EmbedError(f"{cfg.captions}: sample '{ids[e.index]}', column '{c}': {e}") from None
-            rows = encoder.encode_tokenized(items, on_batch=on_batch).numpy()
+            found = cache.lookup(cache_key, prompt_sets[c], unique) if cache else {}
+            new = [k for k, t in enumerate(unique) if t not in found]
+            states = encoder.encode_tokenized([items[k] for k in new], on_batch=on_batch).numpy()
+            if cache:
+                cache.add(cache_key, prompt_sets[c], [unique[k] for k in new], states)
+                found.update({unique[k]: row for k, row in zip(new, states)})
+                rows = np.stack([found[t] for t in unique])
+            else:
+                rows = states
             parts.append(rows[slot])
-            bar.update(len(texts) - len(unique))
+            bar.update(len(texts) - len(new))
+            summary.cached += len(unique) - len(new)
             summary.repeats += len(texts) - len(unique)
             summary.truncated += sum(items[k].truncated for k in slot)
         writer.write_shard(j, np.concatenate(parts, axis=1))

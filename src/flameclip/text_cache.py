@@ -1,4 +1,4 @@
-"""The on-disk cache of LLM facet states for query texts, so the LLM runs once per text.
+"""The on-disk cache of LLM facet states of texts (queries, and captions with `embed --text-cache`).
 
 Under ``root/<hash of the LLM fingerprint and prompt set>/`` the cache is a few embedding stores
 (segments) whose ids are the texts' hashes. A miss writes its new texts as one more segment;
@@ -61,7 +61,8 @@ class TextEmbeddingCache:
                 continue  # incomplete (a run killed while writing it) or another LLM's: not ours to read
         return sorted(found, key=len, reverse=True)
 
-    def get_or_compute(self, llm_fp: dict, prompt_set, texts: list[str], encoder_factory, progress: bool = False):
+    def lookup(self, llm_fp: dict, prompt_set, texts: list[str]) -> dict[str, np.ndarray]:
+        """The states ``[K, D]`` of those of ``texts`` the cache holds (memory first, then the segments)."""
         folder = self.folder(llm_fp, prompt_set)
         fkey = str(folder)
         unique = list(dict.fromkeys(texts))
@@ -72,19 +73,32 @@ class TextEmbeddingCache:
                 try:
                     found = {t: store.get(ids[t]) for t in missing if ids[t] in store}
                 except (RuntimeError, OSError) as e:
-                    _drop_if_damaged(store, e)  # its texts are encoded again below
+                    _drop_if_damaged(store, e)  # its texts count as missing
                     continue
                 finally:
                     store.close()
                 self._memo.update({(fkey, ids[t]): row for t, row in found.items()})
                 missing = [t for t in missing if (fkey, ids[t]) not in self._memo]
+        return {t: self._memo[(fkey, ids[t])] for t in unique if (fkey, ids[t]) in self._memo}
+
+    def add(self, llm_fp: dict, prompt_set, texts: list[str], states: np.ndarray) -> None:
+        """Remember ``states[i]`` for ``texts[i]`` (distinct texts) in memory and as one new segment."""
+        if not texts:
+            return
+        folder = self.folder(llm_fp, prompt_set)
+        ids = [self.text_id(t) for t in texts]
+        self._memo.update({(str(folder), i): row for i, row in zip(ids, states)})
+        _write_segment(folder, llm_fp, ids, np.asarray(states, np.float32), prompt_set.k)
+        self._merge(folder, llm_fp, prompt_set.k)
+
+    def get_or_compute(self, llm_fp: dict, prompt_set, texts: list[str], encoder_factory, progress: bool = False):
+        found = self.lookup(llm_fp, prompt_set, texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             states = encoder_factory().encode(missing, prompt_set, progress=progress).numpy()
-            for t, row in zip(missing, states):
-                self._memo[(fkey, ids[t])] = row
-            _write_segment(folder, llm_fp, [ids[t] for t in missing], states, prompt_set.k)
-            self._merge(folder, llm_fp, prompt_set.k)
-        return torch.from_numpy(np.stack([self._memo[(fkey, ids[t])] for t in texts]))
+            self.add(llm_fp, prompt_set, missing, states)
+            found.update(zip(missing, states))
+        return torch.from_numpy(np.stack([found[t] for t in texts]))
 
     def _merge(self, folder: Path, llm_fp: dict, k: int, max_passes: int = 64) -> None:
         """Merge the two smallest segments while they are of similar size (the larger at most twice).
