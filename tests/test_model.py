@@ -333,3 +333,18 @@ def test_conv_stem_gives_the_patch_grid_and_survives_a_round_trip(tmp_path):
     for bad in (dict(vision_stem="convs"), dict(vision_stem="conv", patch_size=6, image_size=18)):
         with pytest.raises(ValueError, match="vision_stem"):
             llm_cfg(**bad).validate()
+
+
+@pytest.mark.parametrize("recorded, want", [("bfloat16", "bf16"), ("float32", "fp32"), (None, "fp32")])
+def test_queries_are_encoded_in_the_dtype_the_training_captions_were(recorded, want):
+    from flameclip.inference import FlameCLIP
+
+    llm = {"llm": "gemma3-270m", "weights_sha256": "0" * 64, "layer": 17, "hidden_size": 64, "max_tokens": 512}
+    if recorded:
+        llm["compute_dtype"] = recorded
+    m = FlameCLIP(FlameModel(ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1,
+                                         vision_heads=2, text_dim=64, embed_dim=64, llm=llm)))
+    assert m.llm_fingerprint()["compute_dtype"] == want
+    # An explicit choice still wins (and is part of the text cache's key).
+    other = FlameCLIP(m.model, llm_dtype="fp16")
+    assert other.llm_fingerprint()["compute_dtype"] == "fp16"

@@ -80,6 +80,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     from .data.demo.build import build_demo_data
     from .demo import FLAME_SETTINGS, SIZES, _common, data_kwargs, demo_suite, store_dir
     from .embed import EmbedConfig, run_embed
+    from .text.llm import fast_dtype
     from .evaluate.report import console_table, write_report
     from .evaluate.tasks import new_results, run_suite
     from .inference import load
@@ -116,7 +117,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         if v.prompts is not None:
             store = vdir / "store"
             run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm, prompts=v.prompts,
-                                  route=v.route, layer=v.layer, compute_dtype="fp32", shard_size=256),
+                                  route=v.route, layer=v.layer, compute_dtype=fast_dtype(), shard_size=256),
                       progress=progress)
         elif not store.exists():
             raise FileNotFoundError(f"the demo's store was not found under {base}: run the demo again")

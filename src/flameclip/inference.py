@@ -29,7 +29,7 @@ from .text_cache import TextEmbeddingCache
 class FlameCLIP:
     """A trained checkpoint ready for inference (FLAME or the CLIP baseline)."""
 
-    def __init__(self, model: FlameModel, device="cpu", llm: str | None = None, llm_dtype: str = "fp32",
+    def __init__(self, model: FlameModel, device="cpu", llm: str | None = None, llm_dtype: str | None = None,
                  text_cache: str | Path | None = None, batch_size: int = 64, progress: bool = False):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
@@ -38,7 +38,10 @@ class FlameCLIP:
         self.batch_size = batch_size
         self.progress = progress  # a bar while the LLM encodes texts not in the cache
         self._llm_name = llm or (self.cfg.llm or {}).get("llm")
-        self._llm_dtype = llm_dtype
+        # Queries are encoded in the dtype the training captions were (bf16 and fp32 states differ
+        # slightly); checkpoints that do not record it were embedded in fp32.
+        recorded = (self.cfg.llm or {}).get("compute_dtype")  # a torch name, as the store's fingerprint says
+        self._llm_dtype = llm_dtype or {"bfloat16": "bf16", "float16": "fp16"}.get(recorded, "fp32")
         self._encoder = None
         self.cache = TextEmbeddingCache(text_cache)
         if self.is_flame and not self._llm_name:

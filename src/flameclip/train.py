@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
         # max_tokens: queries are cut where the stored captions were
         cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size",
-                                                                "max_tokens")}
+                                                                "max_tokens", "compute_dtype")}
         if "route" in store.fingerprint:  # an inexact (ablation) route: queries must be encoded the same way
             cfg.model.llm["route"] = store.fingerprint["route"]
     steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
