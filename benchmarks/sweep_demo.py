@@ -56,10 +56,16 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr1e-3 whiten-1 conv-stem": sigmoid("1e-3", "model.text_whiten=1.0", "model.vision_stem=\"conv\""),
     "sigmoid-b3.5-lr2e-3 whiten-0.75 conv-stem": sigmoid("2e-3", "model.text_whiten=0.75",
                                                          "model.vision_stem=\"conv\""),
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem": sigmoid("5e-4", "model.text_whiten=0.75",
+                                                         "model.vision_stem=\"conv\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
     "softmax-lr1e-3 conv-stem": ["loss=\"softmax\"", "lr=1e-3", "model.vision_stem=\"conv\""],
+    # Learning rate and text tower again at 1,000 steps (the demo's since), as FLAME's are.
+    "softmax-lr2e-3": ["loss=\"softmax\"", "lr=2e-3"],
+    "softmax-lr5e-4": ["loss=\"softmax\"", "lr=5e-4"],
+    "softmax-lr1e-3 text-256x4": ["loss=\"softmax\"", "lr=1e-3", "model.clip_width=256", "model.clip_layers=4"],
 }
 
 

@@ -296,7 +296,7 @@ def run(args) -> int:
         try:
             image = open_rgb(args.image)
         except UNREADABLE as e:
-            raise ExplainError(f"cannot read image {args.image}: {e}") from None
+            raise ExplainError(f"cannot read image {args.image}: {str(e).removeprefix(f'{args.image}: ')}") from None
         flame = load(args.checkpoint, llm=args.llm, device=args.device)
         maps = word_maps(flame, image, windows=args.windows, top_k=args.top_k, apply_norm=not args.no_norm)
     except (ExplainError, LLMNotFoundError) as e:

@@ -30,9 +30,14 @@ UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.De
 
 def open_rgb(source, name: str | None = None) -> Image.Image:
     """The image at ``source`` (a path or a binary file object) decoded to RGB."""
-    with Image.open(source) as im:
+    limit = max_pixels()
+    try:
+        im = Image.open(source)
+    except Image.DecompressionBombError:  # PIL's own refusal, at twice its limit: ours is lower anyway
+        raise ImageTooLarge(f"{name or source}: {Image.MAX_IMAGE_PIXELS * 2 / 1e6:.0f} MP or more is over the "
+                            f"limit of {limit / 1e6:.0f} MP; shrink it, or raise FLAMECLIP_MAX_PIXELS") from None
+    with im:
         w, h = im.size
-        limit = max_pixels()
         if w * h > limit:
             raise ImageTooLarge(f"{name or source}: {w}x{h} pixels is over the limit of {limit / 1e6:.0f} MP; "
                                 "shrink it, or raise FLAMECLIP_MAX_PIXELS")
