@@ -92,6 +92,18 @@ def test_resume_after_sigkill_equals_uninterrupted_run(reference_store, captions
     assert _tree_bytes(out) == _tree_bytes(reference_store)
 
 
+def test_killed_twice_at_different_points_still_ends_as_the_uninterrupted_store(reference_store, captions, tmp_path):
+    out = tmp_path / "store"
+    for shard in ("000000", "000003"):  # after the first shard, then, resumed, after the fourth
+        proc = subprocess.Popen(_cmd(captions, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        kill_when_exists(proc, out / "shards" / f"{shard}.npy")
+        assert proc.returncode == -9 and not (out / "index").exists()
+    assert len(list((out / "shards").glob("*.npy"))) < 5  # still part-way: the kills landed
+    r = subprocess.run(_cmd(captions, out), env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _tree_bytes(out) == _tree_bytes(reference_store)
+
+
 def test_torchrun_two_processes_write_one_identical_store(reference_store, captions, tmp_path):
     out = tmp_path / "store"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
