@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN as MEAN
+from open_clip.constants import OPENAI_DATASET_STD as STD
 from torchvision.transforms import v2 as T
 
-# CLIP's normalisation constants, which FLAME's reference code uses too.
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP's normalisation constants (MEAN, STD, from open_clip), which FLAME's reference code uses too.
 
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)):
