@@ -58,6 +58,8 @@ FLAME_ONLY = {
                                                          "model.vision_stem=\"conv\""),
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem": sigmoid("5e-4", "model.text_whiten=0.75",
                                                          "model.vision_stem=\"conv\""),
+    "sigmoid-b3.5-lr2.5e-4 whiten-0.75 conv-stem": sigmoid("2.5e-4", "model.text_whiten=0.75",
+                                                           "model.vision_stem=\"conv\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
@@ -65,6 +67,7 @@ CLIP_ONLY = {
     # Learning rate and text tower again at 1,000 steps (the demo's since), as FLAME's are.
     "softmax-lr2e-3": ["loss=\"softmax\"", "lr=2e-3"],
     "softmax-lr5e-4": ["loss=\"softmax\"", "lr=5e-4"],
+    "softmax-lr2.5e-4": ["loss=\"softmax\"", "lr=2.5e-4"],
     "softmax-lr1e-3 text-256x4": ["loss=\"softmax\"", "lr=1e-3", "model.clip_width=256", "model.clip_layers=4"],
 }
 
