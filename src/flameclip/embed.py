@@ -176,11 +176,12 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
             texts = [table.columns[c][keep[g]] for g in range(lo, hi)]
             # A text that repeats in the shard (alt-texts often do) is encoded once and its rows
             # copied: the same tokens give the same states, so the store is unchanged.
-            first, slot = {}, []  # text -> where it first appears; each sample's unique text
+            first = {}  # each distinct text -> the first sample that has it (errors name that sample)
             for g, t in enumerate(texts):
-                slot.append(len(first) if t not in first else slot[first[t]])
                 first.setdefault(t, g)
             unique = list(first)
+            where = {t: k for k, t in enumerate(unique)}
+            slot = [where[t] for t in texts]  # each sample's row among the distinct texts
             try:
                 items = [encoder.tokenize([t], prompt_sets[c], start_index=lo + g)[0] for t, g in first.items()]
             except CaptionError as e:

@@ -43,10 +43,10 @@ from tqdm.auto import tqdm
 
 from .. import fashion_mnist as FM
 from . import glyphs as G
+from .cards import glyph_cards, interleave
 from .rephrase import novel_long_caption
 from .scenes import (
     CLIP_TEXT_TOKENS,
-    article,
     common_prefix,
     captions,
     clip_pieces,
@@ -283,10 +283,16 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         bar.update()
     cut = len(manifest) - p["n_val"]
     fit, val = manifest[:cut], manifest[cut:]
-    cards = _glyph_cards(writer, train, seed, p, vocab, caps, scenes, bar)
+    def draw_card(j: int, glyph, sid: str, r: int, v: int):  # one drawing of a card, saved; its scene
+        scene, im = _draw_unique(writer, seed, SPLIT_CARDS, (j, r, v), _single(glyph, S))
+        writer.save(im, train / f"images/{sid}-v{v}.png")
+        bar.update()
+        return scene, f"images/{sid}-v{v}.png"
+
+    cards = glyph_cards(vocab, p["glyph_cards"], p["card_views"], draw_card, caps, scenes)
     manifest += cards
     _write_jsonl(train / "manifest.jsonl", manifest)
-    _write_jsonl(train / "fit.jsonl", _interleave(fit, cards))
+    _write_jsonl(train / "fit.jsonl", interleave(fit, cards))
     _write_jsonl(train / "val.jsonl", val)
     _write_jsonl(train / "captions.jsonl", caps)
     _write_jsonl(train / "scenes.jsonl", scenes)
@@ -346,45 +352,6 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         "multilingual": {"images": p["n_multilingual"], "captions": len(multi_rows),
                          "languages": len({r["language"] for r in multi_rows})},
     }
-
-
-def card_captions(glyph: G.Glyph) -> dict[str, str]:
-    """A glyph card's captions: its name, true of every drawing whatever its place, size and background."""
-    name = glyph.name
-    return {"raw": name, "short": f"{article(name).capitalize()} {name}.",
-            "long": f"The image shows one object: {article(name)} {name}."}
-
-
-def _glyph_cards(writer: _Writer, train: Path, seed: int, p: dict, vocab, caps: list, scenes: list,
-                 bar) -> list[dict]:
-    """``glyph_cards`` records per vocabulary glyph, each its glyph alone in 1 + ``card_views`` drawings.
-
-    Their captions name the glyph and nothing else, so every drawing (another cell, size and
-    background) keeps them true and training draws one per epoch: 100 glyphs give 100 texts per
-    prompt, which the embedding step encodes once each, and an endless stream of images of them. A
-    target the image tower can only hit by knowing the glyph, not by remembering one picture.
-    """
-    out = []
-    for j, glyph in enumerate(vocab):
-        for r in range(p["glyph_cards"]):
-            sid = f"card-{j:05d}-{r}"
-            files = []
-            for v in range(1 + p["card_views"]):
-                scene, im = _draw_unique(writer, seed, SPLIT_CARDS, (j, r, v), _single(glyph, p["image_size"]))
-                files.append(f"images/{sid}-v{v}.png")
-                writer.save(im, train / files[-1])
-                if v == 0:
-                    scenes.append({"id": sid, **scene.to_json()})
-                bar.update()
-            out.append({"id": sid, "image": files[0], **({"views": files[1:]} if files[1:] else {})})
-            caps.append({"id": sid, **card_captions(glyph)})
-    return out
-
-
-def _interleave(a: list, b: list) -> list:
-    """``a`` and ``b`` merged in proportion (each keeps its order), so any prefix holds a fair share of both."""
-    keyed = [((i + 0.5) / len(a), 0, i) for i in range(len(a))] + [((i + 0.5) / len(b), 1, i) for i in range(len(b))]
-    return [(a, b)[side][i] for _, side, i in sorted(keyed)]
 
 
 def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, vocab, bar,
