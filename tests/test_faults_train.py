@@ -60,6 +60,40 @@ def test_resume_with_another_llms_store_refuses_and_keeps_every_checkpoint(data,
     assert res.steps == 6
 
 
+@pytest.mark.slow
+def test_resume_with_a_store_of_edited_captions_refuses_and_keeps_every_checkpoint(data, tmp_path):  # noqa: F811
+    # The same LLM, prompts and samples, one caption edited: the LLM record alone cannot tell.
+    rows = [json.loads(line) for line in data["captions"].read_text().splitlines()]
+    rows[5]["short"] = "A very different caption about a striped circle."
+    edited = tmp_path / "captions.jsonl"
+    edited.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_embed(EmbedConfig(captions=str(edited), out=str(tmp_path / "store"), prompts={"raw": "single", "short": "short3"}),
+              progress=False)
+    out = tmp_path / "run"
+    train(cfg_for(data, out, "max_steps=4", "save_every=2"), progress=False)
+    before = _tree_digest(out / "checkpoints")
+    other = cfg_for(data, out, "max_steps=8", "save_every=2", "resume=latest")
+    other.store = str(tmp_path / "store")
+    with pytest.raises(DataError, match="not the store it was trained on [(]other caption text[)]"):
+        train(other, progress=False)
+    assert _tree_digest(out / "checkpoints") == before
+
+
+def test_a_store_of_other_prompt_sets_is_named_by_the_key_that_differs(tmp_path):
+    from flameclip.checkpoints import check_store_identity
+
+    def identity(long_sha, ids="a"):
+        fp = {"llm": "x", "layer": 17, "prompt_sets": {"long": {"name": "long7", "sha": long_sha, "k": 7}}}
+        return {"fingerprint": json.dumps(fp, sort_keys=True), "ids_sha256": ids, "captions_sha256": "c"}
+
+    check_store_identity(tmp_path, identity("1"), identity("1"), "s")  # the same store resumes
+    check_store_identity(tmp_path, None, identity("1"), "s")  # a checkpoint from before the record
+    with pytest.raises(DataError, match=r"prompt set, token cap or route \(prompt_sets\)"):
+        check_store_identity(tmp_path, identity("1"), identity("2"), "s")
+    with pytest.raises(DataError, match=r"[(]other samples[)]"):
+        check_store_identity(tmp_path, identity("1"), identity("1", ids="b"), "s")
+
+
 def test_resume_with_another_model_shape_names_the_setting(data, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     train(cfg_for(data, out, "max_steps=2", "save_every=2"), progress=False)

@@ -237,6 +237,16 @@ def test_sampler_splits_global_batches_across_ranks():
     assert list(EpochBatchSampler(20, 8, epoch=1, seed=3)) != one
 
 
+def test_sampler_over_several_epochs_is_the_epochs_one_after_another():
+    # One loader serves a whole run; it must give the batches that one loader per epoch gave,
+    # from a resume point inside an epoch, with each epoch cut to the batches a step uses.
+    per_epoch = [list(EpochBatchSampler(23, 4, epoch=e, seed=5))[:3] for e in range(2, 6)]
+    run = list(EpochBatchSampler(23, 4, epoch=2, seed=5, start_batch=1, epochs=4, batches_per_epoch=3))
+    assert run == per_epoch[0][1:] + per_epoch[1] + per_epoch[2] + per_epoch[3]
+    assert len(EpochBatchSampler(23, 4, epoch=2, seed=5, start_batch=1, epochs=4, batches_per_epoch=3)) == 11
+    assert {key[0] for batch in run for key in batch} == {2, 3, 4, 5}
+
+
 def test_config_file_and_overrides(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('lr = 1e-3\nbetas = [0.9, 0.98]\n[model]\nvision_depth = 3\n')

@@ -6,6 +6,8 @@ the weights' sha256) and ``trainer_state.pt`` (optimiser, step, RNG; loaded with
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -80,3 +82,37 @@ def check_resume(ckpt: Path, saved: FlameModel, cfg: TrainConfig) -> None:
         listed = "; ".join(f"model.{k} {was[k]!r} in the checkpoint, {now.get(k)!r} now" for k in differ[:4])
         raise DataError(f"cannot resume {ckpt}: the model differs ({listed}); "
                         "use the checkpoint's settings (its config.toml), or start a new run in another out folder")
+
+
+# What a recorded store identity's parts mean, for the refusal message.
+_STORE_PARTS = {"fingerprint": "another LLM, layer, prompt set, token cap or route",
+                "ids_sha256": "other samples", "captions_sha256": "other caption text"}
+
+
+def store_identity(store) -> dict[str, str]:
+    """What makes a store's rows, as the trainer state records it: the embedding fingerprint, the
+    sample ids and the captions (the manifest's digests of each, hashed once more)."""
+    m = store.manifest
+    fingerprint = json.dumps(m.get("fingerprint"), sort_keys=True)
+    captions = hashlib.sha256(json.dumps(m.get("captions_sha256")).encode()).hexdigest()
+    return {"fingerprint": fingerprint, "ids_sha256": str(m.get("ids_sha256")), "captions_sha256": captions}
+
+
+def check_store_identity(ckpt: Path, recorded: dict | None, now: dict, store_path: str) -> None:
+    """Refuse to resume on a store other than the one the checkpoint was trained on.
+
+    The model's LLM record catches another LLM; this catches the same LLM with other prompt sets,
+    other samples or edited captions. A checkpoint from before the record was kept is not checked.
+    """
+    if not recorded:
+        return
+    differ = [k for k in _STORE_PARTS if recorded.get(k) != now.get(k)]
+    if not differ:
+        return
+    what = "; ".join(_STORE_PARTS[k] for k in differ)
+    if "fingerprint" in differ:
+        was, is_ = json.loads(recorded["fingerprint"]), json.loads(now["fingerprint"])
+        keys = sorted(k for k in set(was) | set(is_) if was.get(k) != is_.get(k))
+        what += f" ({', '.join(keys)})"
+    raise DataError(f"cannot resume {ckpt}: {store_path} is not the store it was trained on ({what}); "
+                    "use that store, or start a new run in another out folder")

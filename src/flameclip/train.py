@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoints import check_resume, checkpoint_dir, find_checkpoint, save_checkpoint  # noqa: F401 - re-exported
+from .checkpoints import (  # noqa: F401 - re-exported
+    check_resume,
+    check_store_identity,
+    checkpoint_dir,
+    find_checkpoint,
+    save_checkpoint,
+    store_identity,
+)
 from .config import TrainConfig, save_config, validate_config
 from .data.images import (
     CaptionTokens,
@@ -130,11 +137,16 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
     return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
 
 
-def loader_for(ds, cfg: TrainConfig, d: Dist, epoch: int, start_batch: int = 0):
-    sampler = EpochBatchSampler(len(ds), cfg.batch_size, epoch, cfg.seed, d.rank, d.world_size, start_batch)
+def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_epoch: int):
+    """One loader from ``step`` to ``total``: its workers start once, not once per epoch."""
+    batches = steps_per_epoch * cfg.grad_accum  # each epoch's batches; any rest of the permutation is dropped
+    epoch, end_epoch = step // steps_per_epoch, -(-total // steps_per_epoch)
+    sampler = EpochBatchSampler(len(ds), cfg.batch_size, epoch, cfg.seed, d.rank, d.world_size,
+                                start_batch=(step % steps_per_epoch) * cfg.grad_accum, epochs=end_epoch - epoch,
+                                batches_per_epoch=batches)
     workers = default_workers() if cfg.workers < 0 else cfg.workers
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       persistent_workers=False, pin_memory=False)
+                                       pin_memory=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,9 +288,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         except Exception as e:  # noqa: BLE001 - truncated files raise EOFError, RuntimeError, pickle errors...
             raise DataError(f"{ckpt / 'trainer_state.pt'} is unreadable ({type(e).__name__}: {str(e)[:80]}); "
                             "resume from an earlier checkpoint with resume=<its folder>") from None
+        if cfg.model.text_tower == "llm":
+            check_store_identity(ckpt, state.get("store"), store_identity(train_ds.text.store), cfg.store)
         opt.load_state_dict(opt_state)
         torch.set_rng_state(rng.cpu())
         skipped = set(state.get("skipped_ids", []))
+    store_record = store_identity(train_ds.text.store) if cfg.model.text_tower == "llm" else None
+
+    def trainer_extra() -> dict:  # what a checkpoint's trainer state holds besides optimiser, step and RNG
+        return {"skipped_ids": sorted(skipped), **({"store": store_record} if store_record else {})}
+
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.toml")
@@ -300,15 +319,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     model.train()
     step = start_step
     epoch = step // steps_per_epoch
-    it = iter(loader_for(train_ds, cfg, d, epoch, (step % steps_per_epoch) * cfg.grad_accum))
+    it = iter(loader_for(train_ds, cfg, d, step, total, steps_per_epoch))
     bar = tqdm(total=total, initial=start_step, unit="step", desc="train", disable=not (progress and d.main))
     t_last, images_since, last_loss, eval_result = time.perf_counter(), 0, float("nan"), {}
     last_ckpt = ckpt
     try:
         while step < total:
-            if step // steps_per_epoch != epoch:
-                epoch = step // steps_per_epoch
-                it = iter(loader_for(train_ds, cfg, d, epoch))
+            epoch = step // steps_per_epoch
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg, total)
             micro_batches = []
@@ -349,15 +366,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                     for k, v in eval_result.items():
                         log.tb.add_scalar(f"recall/{k}", v, step)
             if d.main and (step % cfg.save_every == 0 or step == total):
-                last_ckpt = save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
+                last_ckpt = save_checkpoint(out, step, model, opt, trainer_extra(), cfg.keep_checkpoints)
                 plot_losses(out)
             if d.world_size > 1 and step % cfg.save_every == 0:
                 dist.barrier()  # nobody runs ahead of a checkpoint being written
     except KeyboardInterrupt:
         # Keep the steps done since the last checkpoint: the run resumes from here with resume=latest.
         if d.main and step > start_step and (last_ckpt is None or not str(last_ckpt).endswith(f"{step:07d}")):
-            save_checkpoint(out, step, model, opt, {"skipped_ids": sorted(skipped)}, cfg.keep_checkpoints)
+            save_checkpoint(out, step, model, opt, trainer_extra(), cfg.keep_checkpoints)
         raise
+    del it  # the loader's workers stop here, not when train() returns
     bar.close()
     rate = 0.0
     if d.main:

@@ -257,27 +257,33 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     The global batch b of an epoch is ``perm[b*G:(b+1)*G]`` with G = world_size x batch_size, so a
     run on N processes sees the same global batches as one process with batch G. ``start_batch``
-    skips batches already done (resume). The last incomplete global batch is dropped.
+    skips batches already done in the first epoch (resume). The last incomplete global batch is
+    dropped, and so is any batch past ``batches_per_epoch``. ``epochs`` epochs follow one another,
+    so one loader (and one set of workers) serves a whole run: a sample depends only on its key,
+    never on which worker made it.
     """
 
     def __init__(self, n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0):
+                 start_batch: int = 0, epochs: int = 1, batches_per_epoch: int | None = None):
         self.n, self.batch_size, self.epoch, self.seed = n, batch_size, epoch, seed
-        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.rank, self.world_size, self.start_batch, self.epochs = rank, world_size, start_batch, epochs
+        full = n // self.global_batch
+        self.per_epoch = full if batches_per_epoch is None else min(full, batches_per_epoch)
 
     @property
     def global_batch(self) -> int:
         return self.batch_size * self.world_size
 
     def __len__(self) -> int:
-        return max(0, self.n // self.global_batch - self.start_batch)
+        return max(0, self.per_epoch * self.epochs - self.start_batch) if self.epochs > 0 else 0
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        for b in range(self.start_batch, self.n // self.global_batch):
-            lo = b * self.global_batch + self.rank * self.batch_size
-            yield [(self.epoch, i) for i in perm[lo : lo + self.batch_size]]
+        for epoch in range(self.epoch, self.epoch + self.epochs):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(self.n, generator=g).tolist()
+            for b in range(self.start_batch if epoch == self.epoch else 0, self.per_epoch):
+                lo = b * self.global_batch + self.rank * self.batch_size
+                yield [(epoch, i) for i in perm[lo : lo + self.batch_size]]
 
 
 def default_workers() -> int:
