@@ -52,6 +52,8 @@ def test_every_suite_mistake_is_one_line_naming_the_key(tmp_path, text, named):
     ("max_steps=-1", "max_steps"),
     ("lr=-1e-3", "lr"),
     ("lr=nan", "lr"),
+    ("lr=inf", "lr"),  # trained to NaN weights and exited 0 before
+    ("model.init_logit_bias=-inf", "model.init_logit_bias"),
     ("save_every=0", "save_every"),
     ("log_every=0", "log_every"),
     ("eval_images=0", "eval_images"),
@@ -69,12 +71,26 @@ def test_nonsense_settings_are_refused_before_training(override, named):
     assert named in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("content, named", [(b"lr = 1e-3\nepochs = \n", "not valid TOML"),
+                                            (b"lr = 1e-3\n# caf\xe9\n", "not UTF-8 text (byte 15)")])
+def test_a_broken_config_file_is_named(tmp_path, content, named):
+    path = tmp_path / "train.toml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_config(str(path))
+    assert str(path) in str(e.value) and named in str(e.value) and "\n" not in str(e.value)
+
+
 def test_the_python_api_is_checked_too():
     cfg = TrainConfig()
     cfg.grad_accum = 0
     with pytest.raises(ValueError, match="grad_accum"):
         validate_config(cfg)
     validate_config(TrainConfig())  # the defaults are valid
+    cfg = TrainConfig()
+    cfg.epochs = float("nan")  # passed every "at least" check before, and trained no step
+    with pytest.raises(ValueError, match="'epochs' must be a finite number"):
+        validate_config(cfg)
 
 
 @pytest.mark.parametrize("vision, named", [("hf-hub:timm/vit_tiny_patch16_224", "never downloads"),

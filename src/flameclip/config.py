@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -236,6 +237,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{p}: not valid TOML ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
         _apply(cfg, data, str(p))
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -260,6 +263,12 @@ MINIMUM = {"positives": 1, "batch_size": 1, "grad_accum": 1, "epochs": 1, "max_s
 
 def validate_config(cfg: TrainConfig) -> None:
     """Refuse settings no run can use, naming the key; called on load and again by ``train``."""
+    # NaN passes every "at least" test below, and inf lr trains NaN weights: any number must be finite.
+    for prefix, obj in (("", cfg), ("model.", cfg.model)):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"setting '{prefix}{f.name}' must be a finite number, got {v}")
     for key, low in MINIMUM.items():
         if getattr(cfg, key) < low:
             raise ValueError(f"setting '{key}' must be at least {low}, got {getattr(cfg, key)}")
