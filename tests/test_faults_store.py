@@ -75,6 +75,24 @@ def test_verify_finds_truncation_and_flipped_bits(tmp_path):
     assert "000000.npy" in r.stdout and "000002.npy" in r.stdout and "damaged    2" in r.stdout
 
 
+def test_an_int8_stores_scales_are_verified_and_checked_on_open(tmp_path, capsys):
+    # The scales are half of what an int8 row means: flipped bits there change every value silently.
+    root = tmp_path / "s"
+    build(root, IDS, ROWS, dtype="int8")
+    assert verify_store(str(root), read_manifest(str(root))) == (3, [])
+    scale = shard_file(str(root), 1, "scale")
+    blob = bytearray(open(scale, "rb").read())
+    blob[-3] ^= 0x20
+    open(scale, "wb").write(bytes(blob))
+    _, problems = verify_store(str(root), read_manifest(str(root)))
+    assert len(problems) == 1 and "000001.scale.npy" in problems[0] and "sha256" in problems[0]
+    os.truncate(scale, 90)  # a cut copy: found from its size on every open for writing
+    w = writer(root, IDS, dtype="int8")
+    assert w.pending_shards() == [1] and "damaged shard(s) set aside" in capsys.readouterr().err
+    write_shards(w, ROWS)
+    assert w.finalize() and verify_store(str(root), read_manifest(str(root))) == (3, [])
+
+
 def test_embed_refuses_a_store_of_edited_captions(tmp_path):
     caps = tmp_path / "captions.jsonl"
     rows = [{"id": "a", "raw": "a red circle"}, {"id": "b", "raw": "a blue square"}]

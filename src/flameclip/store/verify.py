@@ -15,7 +15,7 @@ import numpy as np
 
 from .atomic import file_sha256
 from .layout import shard_file, written_shards
-from .quant import DTYPES
+from .quant import DTYPES, SCALE_DTYPE
 
 
 def expected_shape(manifest: dict, j: int) -> tuple[int, int, int]:
@@ -46,8 +46,13 @@ def npy_problem(path: str, want_shape: tuple, want_dtype: np.dtype) -> tuple[str
 
 
 def shard_problem(root: str, manifest: dict, j: int) -> str | None:
-    """What is wrong with shard ``j``'s data file from its header and size alone (None: looks whole)."""
-    return npy_problem(shard_file(root, j, "data"), expected_shape(manifest, j), DTYPES[manifest["dtype"]])[0]
+    """What is wrong with shard ``j``'s data file (and an int8 store's scales) from headers and sizes
+    alone (None: looks whole)."""
+    shape = expected_shape(manifest, j)
+    bad = npy_problem(shard_file(root, j, "data"), shape, DTYPES[manifest["dtype"]])[0]
+    if bad is None and manifest["dtype"] == "int8":
+        bad = npy_problem(shard_file(root, j, "scale"), shape[:2], SCALE_DTYPE)[0]
+    return bad
 
 
 def verify_store(root: str, manifest: dict, full: bool = True) -> tuple[int, list[str]]:
@@ -76,8 +81,10 @@ def verify_store(root: str, manifest: dict, full: bool = True) -> tuple[int, lis
         sha = shard_file(root, j, "sha256")
         if os.path.exists(sha):
             with open(sha, encoding="ascii") as f:
-                recorded = f.read().strip()
-            if file_sha256(shard_file(root, j, "data")) != recorded:
-                problems.append(f"{shard_file(root, j, 'data')}: its sha256 differs from the one recorded when it "
-                                "was written; move it away and run the same `flameclip embed` command to embed it again")
+                recorded = f.read().split()  # the data file's sha256, then (int8) the scales'
+            for kind, want in zip(("data", "scale"), recorded):
+                if file_sha256(shard_file(root, j, kind)) != want:
+                    problems.append(f"{shard_file(root, j, kind)}: its sha256 differs from the one recorded when "
+                                    "it was written; move the shard's files away and run the same `flameclip embed` "
+                                    "command to embed it again")
     return manifest["num_shards"], problems

@@ -232,13 +232,16 @@ class StoreWriter:
         ids_path = shard_file(self.root, j, "ids")
         ids_text = json.dumps(self.ids[start:stop], ensure_ascii=False, indent=0) + "\n"
         renames = [(write_tmp_bytes(ids_path, ids_text.encode("utf-8")), ids_path)]
-        if scale is not None:
-            scale_path = shard_file(self.root, j, "scale")
-            renames.append((self._tmp_npy(scale_path, scale), scale_path))
         data_path = shard_file(self.root, j, "data")
         data_tmp = self._tmp_npy(data_path, values)
+        digests = [file_sha256(data_tmp)]  # the data file's, then (int8) the scales' beside it
+        if scale is not None:
+            scale_path = shard_file(self.root, j, "scale")
+            scale_tmp = self._tmp_npy(scale_path, scale)
+            renames.append((scale_tmp, scale_path))
+            digests.append(file_sha256(scale_tmp))
         sha_path = shard_file(self.root, j, "sha256")
-        renames.append((write_tmp_bytes(sha_path, (file_sha256(data_tmp) + "\n").encode("ascii")), sha_path))
+        renames.append((write_tmp_bytes(sha_path, "".join(d + "\n" for d in digests).encode("ascii")), sha_path))
 
         folder = shard_dir(self.root)
         for tmp, path in renames:
