@@ -64,6 +64,10 @@ def _iter_records(path: Path):
         with open(path, encoding="utf-8", newline="") as f:
             # Line 1 is the header, so record i is on line i + 1 (for one-line records).
             for n, rec in enumerate(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","), start=2):
+                # DictReader files extra fields under the key None and gives missing ones the value None
+                if None in rec or None in rec.values():
+                    raise CaptionsFileError(f"{path}: record {n} has {'more' if None in rec else 'fewer'} fields "
+                                            "than the header; quote captions that hold the delimiter")
                 yield n, rec
     elif suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -28,12 +28,60 @@ class StoreMismatchError(ValueError):
 
 
 def read_manifest(root: str) -> dict | None:
-    """The manifest of the store at ``root``, or None when there is none."""
+    """The manifest of the store at ``root``, or None when there is none.
+
+    A manifest of this format must have every field, of the right type and consistent with the
+    others (a store made by something else, or edited by hand, is refused here in one line rather
+    than failing later with a KeyError or reading rows at the wrong offsets). Another format is
+    returned as it is, for the caller to name.
+    """
+    path = manifest_path(os.fspath(root))
     try:
-        with open(manifest_path(os.fspath(root)), encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
     except FileNotFoundError:
         return None
+    except (ValueError, OSError) as e:  # ValueError: not JSON, or not UTF-8
+        raise StoreMismatchError(f"{path}: not a readable store manifest ({type(e).__name__}: {str(e)[:80]}); "
+                                 "embed again into a new folder") from None
+    problem = manifest_problem(m)
+    if problem:
+        raise StoreMismatchError(f"{path}: {problem}; this is not a manifest that `flameclip embed` writes "
+                                 "(made by something else, or edited): embed again into a new folder")
+    return m
+
+
+def _count(v, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def manifest_problem(m) -> str | None:
+    """What is wrong with a manifest's fields (None: nothing, or another format, for the caller)."""
+    from .quant import DTYPES
+
+    if not isinstance(m, dict):
+        return "not a JSON object"
+    if m.get("format") != STORE_FORMAT:
+        return None
+    if not isinstance(m.get("fingerprint"), dict):
+        return "'fingerprint' must be an object"
+    columns = m.get("columns")
+    if not isinstance(columns, list) or not columns or not all(
+            isinstance(c, dict) and isinstance(c.get("name"), str) and c["name"] and _count(c.get("k"), 1)
+            for c in columns):
+        return "'columns' must be a list of {name, k >= 1}"
+    if len({c["name"] for c in columns}) != len(columns):
+        return "'columns' names a column twice"
+    for key, low in (("dim", 1), ("num_samples", 0), ("shard_size", 1), ("num_shards", 0)):
+        if not _count(m.get(key), low):
+            return f"'{key}' must be an integer >= {low}, not {m.get(key)!r}"
+    if not isinstance(m.get("dtype"), str) or m["dtype"] not in DTYPES:
+        return f"'dtype' must be one of {', '.join(DTYPES)}, not {m.get('dtype')!r}"
+    if m["num_shards"] != -(-m["num_samples"] // m["shard_size"]):
+        return f"'num_shards' {m['num_shards']} does not fit {m['num_samples']} samples in shards of {m['shard_size']}"
+    if not isinstance(m.get("complete"), bool) or not isinstance(m.get("ids_sha256"), str):
+        return "'complete' must be true or false and 'ids_sha256' a string"
+    return None
 
 
 def write_manifest(root: str, manifest: dict) -> None:
