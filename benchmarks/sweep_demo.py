@@ -69,6 +69,8 @@ CLIP_ONLY = {
     "softmax-lr5e-4": ["loss=\"softmax\"", "lr=5e-4"],
     "softmax-lr2.5e-4": ["loss=\"softmax\"", "lr=2.5e-4"],
     "softmax-lr1e-3 text-256x4": ["loss=\"softmax\"", "lr=1e-3", "model.clip_width=256", "model.clip_layers=4"],
+    "softmax-lr5e-4 text-256x4": ["loss=\"softmax\"", "lr=5e-4", "model.clip_width=256", "model.clip_layers=4"],
+    "softmax-lr5e-4 text-128x4": ["loss=\"softmax\"", "lr=5e-4", "model.clip_layers=4"],
 }
 
 
