@@ -12,14 +12,13 @@ from flameclip.explain import (
     ExplainError,
     WordMap,
     _load_head_modules,
-    add_parser,
     load_readout,
     pool_tokens,
     render_word_map,
-    run,
     word_maps,
     word_table,
 )
+from flameclip.cli.explain import add_parser, run
 from flameclip.inference import load
 from flameclip.model import FlameModel, ModelConfig
 from flameclip.text.llm import hf_folder, resolve

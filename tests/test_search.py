@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from flameclip import search as fs
-from flameclip import search_cli
+from flameclip.cli import search as search_cli
 from flameclip.contact_sheet import contact_sheet
 from flameclip.data.images import DataError
 from flameclip.inference import load

@@ -174,19 +174,3 @@ def _demo_layer(reference: dict) -> str:
             except (OSError, ValueError, KeyError):
                 break
     return "-2"
-
-
-def add_parser(sub):
-    from .demo import add_run_options
-
-    p = sub.add_parser("ablate", help="ablations on the demo's data: facets, decoupled mask, LLM layer")
-    p.add_argument("--out", default="runs/demo", help="the folder of a finished `flameclip demo`")
-    p.add_argument("--only", nargs="+", choices=GROUPS, help="run only these groups")
-    add_run_options(p)
-    return p
-
-
-def run(args) -> int:
-    run_ablations(args.out, groups=args.only, seed=args.seed, workers=args.workers, precision=args.precision,
-                  progress=not args.no_progress)
-    return 0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .contact_sheet import contact_sheet
-from .search import INDEX_DIRNAME, LONG_QUERY_WORDS, ImageIndex, build_index, search
+from ..contact_sheet import contact_sheet
+from ..search import INDEX_DIRNAME, LONG_QUERY_WORDS, ImageIndex, build_index, search
 
 
 def _human_bytes(n: float) -> str:
