@@ -60,6 +60,7 @@ FLAME_ONLY = {
                                                          "model.vision_stem=\"conv\""),
     "sigmoid-b3.5-lr2.5e-4 whiten-0.75 conv-stem": sigmoid("2.5e-4", "model.text_whiten=0.75",
                                                            "model.vision_stem=\"conv\""),
+    "sigmoid-b3.5-lr5e-4 whiten-0.5 conv-stem": sigmoid("5e-4", "model.text_whiten=0.5", "model.vision_stem=\"conv\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
