@@ -22,6 +22,40 @@ from pathlib import Path
 TEXT_TOWERS = ("llm", "clip")
 
 
+@dataclass(frozen=True)
+class LLMIdentity:
+    """Which LLM made a set of text states, and how: what keeps query states matched to the
+    training captions' states. ``embed`` writes it into a store's fingerprint, training copies it
+    into the checkpoint (``ModelConfig.llm``), and inference reads it back to encode queries the
+    same way. Stored as a plain dict (``record``) so that manifests and config.json stay JSON."""
+
+    llm: str | None = None  # packaged name or path
+    weights_sha256: str | None = None
+    layer: int | None = None  # the decoder layer read (resolved, not -2)
+    num_layers: int | None = None
+    hidden_size: int | None = None
+    compute_dtype: str | None = None  # a torch dtype name ("bfloat16"); absent in older records: fp32
+    max_tokens: int | None = None  # the facet sequence cap, prompt included
+    route: str | None = None  # recorded only for an inexact route (the ablation's "causal")
+
+    @classmethod
+    def from_record(cls, record: dict | None) -> LLMIdentity:
+        """From a store fingerprint or a checkpoint's ``llm`` (other keys, e.g. prompt_sets, are not its)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (record or {}).items() if k in names})
+
+    def record(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def query_key(self, name: str | None, dtype: str) -> dict:
+        """The text cache's key for query states: this LLM (or the folder ``name`` it was found at),
+        layer, the short compute dtype queries run in, and an inexact route."""
+        key = {"llm": self.llm or name, "weights_sha256": self.weights_sha256, "layer": self.layer, "compute_dtype": dtype}
+        if self.route:
+            key["route"] = self.route
+        return key
+
+
 @dataclass
 class ModelConfig:
     vision: str = "custom"  # timm model name (e.g. "vit_base_patch16_224") or "custom"

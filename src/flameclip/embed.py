@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import LLMIdentity
 from .data.captions import read_captions
 from .launch import process_device, rank_and_world
 from .store import StoreWriter
@@ -129,14 +130,13 @@ def run_embed(cfg: EmbedConfig, progress: bool = True) -> EmbedSummary:
 
     llm = load_llm(cfg.llm, layer=cfg.layer, dtype=cfg.compute_dtype, device=device)
     encoder = FacetEncoder(llm, route=cfg.route, max_tokens=cfg.max_tokens, batch_size=cfg.batch_size)
+    # The exact routes give the same numbers, so they share stores; the ablation's does not.
+    identity = LLMIdentity(**llm.fingerprint(), max_tokens=encoder.max_tokens,
+                           route=None if encoder.route in EXACT_ROUTES else encoder.route)
     fingerprint = {
-        **llm.fingerprint(),
-        "max_tokens": encoder.max_tokens,
+        **identity.record(),
         "prompt_sets": {c: {"name": ps.name, "sha": ps.fingerprint(), "k": ps.k} for c, ps in prompt_sets.items()},
     }
-    if encoder.route not in EXACT_ROUTES:
-        # The exact routes give the same numbers, so they share stores; the ablation's does not.
-        fingerprint["route"] = encoder.route
     # The cache is keyed by everything that makes a caption's states, except the prompt set (its own key).
     cache = TextEmbeddingCache(cfg.text_cache) if cfg.text_cache else None
     cache_key = {k: v for k, v in fingerprint.items() if k != "prompt_sets"}

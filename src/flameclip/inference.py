@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .config import LLMIdentity
 from .data.transforms import eval_transform
 from .model import FlameModel
 from .text_cache import TextEmbeddingCache
@@ -58,12 +59,7 @@ class FlameCLIP:
 
     # ------------------------------------------------------------------ text
     def llm_fingerprint(self) -> dict:
-        rec = dict(self.cfg.llm or {})
-        fp = {"llm": rec.get("llm", self._llm_name), "weights_sha256": rec.get("weights_sha256"),
-              "layer": rec.get("layer"), "compute_dtype": self._llm_dtype}
-        if rec.get("route"):  # only inexact routes are recorded (see embed.py)
-            fp["route"] = rec["route"]
-        return fp
+        return LLMIdentity.from_record(self.cfg.llm).query_key(self._llm_name, self._llm_dtype)
 
     def _facet_encoder(self):
         """Load the LLM on first use and check it is the one the checkpoint was trained with."""

@@ -33,7 +33,7 @@ from .checkpoints import (  # noqa: F401 - re-exported
     save_checkpoint,
     store_identity,
 )
-from .config import TrainConfig, save_config, validate_config
+from .config import LLMIdentity, TrainConfig, save_config, validate_config
 from .data.images import (
     CaptionTokens,
     DataError,
@@ -254,10 +254,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         if cfg.model.text_dim != store.dim:
             cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
         # max_tokens: queries are cut where the stored captions were
-        cfg.model.llm = {k: store.fingerprint.get(k) for k in ("llm", "weights_sha256", "layer", "hidden_size",
-                                                                "max_tokens", "compute_dtype")}
-        if "route" in store.fingerprint:  # an inexact (ablation) route: queries must be encoded the same way
-            cfg.model.llm["route"] = store.fingerprint["route"]
+        cfg.model.llm = LLMIdentity.from_record(store.fingerprint).record()
     steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_ds)} samples are fewer than one global batch "
