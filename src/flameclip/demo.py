@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_config
+from .store.atomic import atomic_write_bytes
 
 
 @dataclass
@@ -133,9 +134,7 @@ def subset_manifest(manifest: Path, fraction: float, out: Path) -> Path:
         if r.get("views"):
             r["views"] = [str((manifest.parent / v).resolve()) for v in r["views"]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_bytes(str(out), "".join(json.dumps(r) + "\n" for r in keep).encode("utf-8"))
     return out
 
 

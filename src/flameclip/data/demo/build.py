@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ...store.atomic import atomic_write_bytes
 from .. import fashion_mnist as FM
 from . import glyphs as G
 from .cards import glyph_cards, interleave
@@ -239,9 +240,7 @@ def _write_if_changed(path: Path, text: str) -> None:
             return
     except OSError:
         pass
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(str(path), text.encode("utf-8"))
 
 
 def _build(out: Path, p: dict, progress: bool) -> dict:
