@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.atomic import file_sha256
+from ..store.atomic import file_sha256, marker_matches, write_marker
 from .images import DataError
 
 ENV_VAR = "FLAMECLIP_FASHION_MNIST"
@@ -181,11 +181,8 @@ def build_fashion_mnist(out: str | Path, n_train: int = 2000, n_test: int = 1000
     params = {"n_train": int(n_train), "n_test": int(n_test), "seed": int(seed),
               "source_sha256": _fingerprint_or_raise(folder), "build_version": BUILD_VERSION}
     paths = _paths(out)
-    try:
-        if json.loads(paths["done"].read_text(encoding="utf-8")).get("params") == params:
-            return paths
-    except (OSError, json.JSONDecodeError):
-        pass  # missing or unreadable: build
+    if marker_matches(paths["done"], params):
+        return paths
 
     scratch = out.with_name(out.name + ".partial")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -207,8 +204,7 @@ def build_fashion_mnist(out: str | Path, n_train: int = 2000, n_test: int = 1000
                 f.write(json.dumps(r) + "\n")
         counts[split] = {"images": len(records),
                          "per_class": {c: int((labels[rows] == j).sum()) for j, c in enumerate(CLASSNAMES)}}
-    (scratch / "DONE.json").write_text(json.dumps({"params": params, "counts": counts}, indent=2) + "\n",
-                                       encoding="utf-8")
+    write_marker(scratch / "DONE.json", params, counts)
     # DONE.json travels inside the folder, so the old set (or none) stays until the new one,
     # complete with its marker, replaces it with one rename.
     shutil.rmtree(out, ignore_errors=True)

@@ -10,6 +10,7 @@ them away, so they cannot change what a resumed store looks like.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -83,3 +84,23 @@ def file_sha256(path) -> str:
     """The sha256 of a file's bytes (hex), read in chunks by hashlib."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# Build-once markers: a folder built from some parameters holds a JSON file recording them, written
+# last (atomically), so a second call with the same parameters finds it and returns at once, and an
+# interrupted build, which has no marker, is built again.
+
+
+def marker_matches(path, params: dict) -> bool:
+    """Whether the build-once marker at ``path`` records exactly ``params`` (missing or unreadable: no)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("params") == params
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_marker(path, params: dict, counts: dict) -> None:
+    """Record that the folder of ``path`` was built from ``params`` (and what it holds)."""
+    text = json.dumps({"params": params, "counts": counts}, indent=2) + "\n"
+    atomic_write_bytes(os.fspath(path), text.encode("utf-8"))

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...store.atomic import atomic_write_bytes
+from ...store.atomic import atomic_write_bytes, marker_matches, write_marker
 from .. import fashion_mnist as FM
 from . import glyphs as G
 from .cards import glyph_cards, interleave
@@ -203,19 +203,12 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
                             fashion_test=fashion_test)
     paths = _paths(root)
     emoji_params = {k: v for k, v in params.items() if k not in FASHION_SIZES}
-    if not _done_matches(paths["done"], emoji_params):
+    if not marker_matches(paths["done"], emoji_params):
         _build_emoji(root, paths["done"], emoji_params, progress)
     # Checked on every call, not recorded in DONE.json: the package may be installed or removed
     # between runs, and the suite should follow without rebuilding the emoji sets.
     _write_if_changed(paths["suite"], SUITE_TOML + fashion_mnist_tasks(paths, params, progress))
     return paths
-
-
-def _done_matches(done: Path, params: dict) -> bool:
-    try:
-        return json.loads(done.read_text(encoding="utf-8")).get("params") == params
-    except (json.JSONDecodeError, OSError):
-        return False  # missing or unreadable: build again
 
 
 def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
@@ -230,7 +223,7 @@ def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
         shutil.rmtree(root / part, ignore_errors=True)
         (scratch / part).rename(root / part)
     shutil.rmtree(scratch)
-    done.write_text(json.dumps({"params": params, "counts": counts}, indent=2) + "\n", encoding="utf-8")
+    write_marker(done, params, counts)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
