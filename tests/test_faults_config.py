@@ -54,6 +54,7 @@ def test_every_suite_mistake_is_one_line_naming_the_key(tmp_path, text, named):
     ("lr=nan", "lr"),
     ("lr=inf", "lr"),  # trained to NaN weights and exited 0 before
     ("model.init_logit_bias=-inf", "model.init_logit_bias"),
+    ("betas=[nan, 0.95]", "betas"),  # failed inside AdamW, after the data was loaded, before
     ("save_every=0", "save_every"),
     ("log_every=0", "log_every"),
     ("eval_images=0", "eval_images"),
@@ -89,7 +90,7 @@ def test_the_python_api_is_checked_too():
     validate_config(TrainConfig())  # the defaults are valid
     cfg = TrainConfig()
     cfg.epochs = float("nan")  # passed every "at least" check before, and trained no step
-    with pytest.raises(ValueError, match="'epochs' must be a finite number"):
+    with pytest.raises(ValueError, match="'epochs' must hold finite numbers"):
         validate_config(cfg)
 
 

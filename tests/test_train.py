@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flameclip.config import load_config
+from flameclip.config import TrainConfig, load_config
 from flameclip.data.images import DataError, EpochBatchSampler
 from flameclip.embed import EmbedConfig, run_embed
 from flameclip.model import FlameModel
@@ -245,6 +245,27 @@ def test_sampler_over_several_epochs_is_the_epochs_one_after_another():
     assert run == per_epoch[0][1:] + per_epoch[1] + per_epoch[2] + per_epoch[3]
     assert len(EpochBatchSampler(23, 4, epoch=2, seed=5, start_batch=1, epochs=4, batches_per_epoch=3)) == 11
     assert {key[0] for batch in run for key in batch} == {2, 3, 4, 5}
+
+
+@pytest.mark.parametrize("n, batch, accum, world, step, total", [
+    (23, 4, 1, 1, 0, 10), (23, 2, 3, 1, 4, 9), (40, 3, 2, 2, 7, 20), (40, 3, 1, 3, 5, 11), (7, 1, 2, 1, 3, 3)])
+def test_one_loader_gives_the_batches_of_one_loader_per_epoch(n, batch, accum, world, step, total):
+    # The scheme before: a sampler per epoch, the first one starting inside its epoch on resume,
+    # each step taking `accum` batches, an epoch ending after steps_per_epoch steps.
+    from flameclip.train import Dist, loader_for
+
+    cfg = TrainConfig(batch_size=batch, grad_accum=accum, seed=7, workers=0)
+    per_epoch = n // (batch * world * accum)
+    for rank in range(world):
+        want, it, epoch = [], None, None
+        for s in range(step, total):
+            if s // per_epoch != epoch:
+                epoch = s // per_epoch
+                start = (s % per_epoch) * accum if it is None else 0
+                it = iter(EpochBatchSampler(n, batch, epoch, 7, rank, world, start))
+            want += [next(it) for _ in range(accum)]
+        sampler = loader_for(list(range(n)), cfg, Dist(rank, world, rank), step, total, per_epoch).batch_sampler
+        assert list(sampler)[: len(want)] == want
 
 
 def test_config_file_and_overrides(tmp_path):

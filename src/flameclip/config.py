@@ -301,8 +301,9 @@ def validate_config(cfg: TrainConfig) -> None:
     for prefix, obj in (("", cfg), ("model.", cfg.model)):
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"setting '{prefix}{f.name}' must be a finite number, got {v}")
+            values = v if isinstance(v, (list, tuple)) else [v]  # betas is a pair
+            if any(isinstance(x, float) and not math.isfinite(x) for x in values):
+                raise ValueError(f"setting '{prefix}{f.name}' must hold finite numbers, got {v}")
     for key, low in MINIMUM.items():
         if getattr(cfg, key) < low:
             raise ValueError(f"setting '{key}' must be at least {low}, got {getattr(cfg, key)}")

@@ -145,8 +145,10 @@ def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_e
                                 start_batch=(step % steps_per_epoch) * cfg.grad_accum, epochs=end_epoch - epoch,
                                 batches_per_epoch=batches)
     workers = default_workers() if cfg.workers < 0 else cfg.workers
+    # Its own generator: a loader draws its workers' base seed, and from the global generator that
+    # draw would shift what the training step draws from it (drop path) between runs and resumes.
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                                       pin_memory=False)
+                                       pin_memory=False, generator=torch.Generator().manual_seed(cfg.seed))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ Everything takes torch tensors and returns plain python floats, so the results
 can go straight into JSON.
 """
 
-import os
 import warnings
 
 import numpy as np
@@ -247,9 +246,9 @@ def linear_probe(
         raise ValueError("lambdas is empty")
 
     fit_idx, val_idx = _split_train_val(y_train, val_fraction, seed)
-    from joblib import Parallel, delayed
+    from joblib import Parallel, cpu_count, delayed
 
-    jobs = min(len(grid), jobs or os.cpu_count() or 1)
+    jobs = min(len(grid), jobs or cpu_count())  # joblib's count follows CPU affinity and container quotas
     accs = Parallel(n_jobs=jobs)(delayed(_val_acc1)(X_train[fit_idx], y_train[fit_idx], X_train[val_idx],
                                                     y_train[val_idx], C, max_iter, seed) for C in grid)
     val_acc1_per_C = dict(zip(grid, accs))
