@@ -182,3 +182,21 @@ def test_causal_ablation_route_is_not_decoupled(smollm2):
     assert relative_error(got[:, 0], ref[:, 0]) < TOL
     for k in range(1, ref.shape[1]):
         assert relative_error(got[:, k], ref[:, k]) > 1e-2, k
+
+
+def test_the_mask_at_the_token_cap_is_boolean_and_shared_by_the_heads():
+    # A caption at the 512-token cap: the mask must not be a float [B, heads, L, L] tensor (at the
+    # 8,192-token context that was 256 MiB per head in fp32). Bool, one copy broadcast over heads.
+    from types import SimpleNamespace
+
+    from flameclip.text.facets import DEFAULT_MAX_TOKENS, _build_masks
+
+    B, L = 2, DEFAULT_MAX_TOKENS
+    pos = torch.arange(L).expand(B, L)
+    seg = torch.zeros(B, L, dtype=torch.long)
+    seg[:, L // 2:] = 1
+    llm = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace()), attn_implementation="sdpa",
+                          dtype=torch.float32)
+    mask = _build_masks(llm, pos, seg, pos, seg, torch.arange(L))
+    assert mask.dtype == torch.bool and tuple(mask.shape) == (B, 1, L, L)
+    assert mask.element_size() * mask.numel() == B * L * L  # one byte per query-key pair, all heads
