@@ -264,3 +264,23 @@ def test_group_scores_have_names_for_people():
     md = markdown_table(results)
     assert _row(md, "retrieval", "groups (long7)", "text→image group score")[0] == "37.0"
     assert _row(md, "retrieval", "groups (long7)", "text→image group score, chance")[0] == "25.0"
+
+
+def test_results_save_load_and_restrict(tmp_path):
+    import pytest
+
+    from flameclip.evaluate.results import Results
+
+    r = Results()
+    r.checkpoints.extend([{"label": "FLAME", "path": "a"}, {"label": "CLIP", "path": "b"}])
+    r.rows.extend([{"checkpoint": "FLAME", "task": "zeroshot", "dataset": "d", "metrics": {"acc1": 0.5}},
+                   {"checkpoint": "CLIP", "task": "zeroshot", "dataset": "d", "metrics": {"acc1": 0.25}}])
+    r["demo"] = {"seconds": {"total": 1.0}}  # a run's extras travel with the rows
+    back = Results.load(r.save(tmp_path / "results.json"))
+    assert back == r and back.labels == ["FLAME", "CLIP"]
+    assert back.row("CLIP", "zeroshot", "d")["metrics"]["acc1"] == 0.25 and back.row("CLIP", "x", "d") is None
+    only = back.only(["CLIP"])
+    assert only.labels == ["CLIP"] and [x["checkpoint"] for x in only.rows] == ["CLIP"] and only["demo"] == r["demo"]
+    (tmp_path / "other.json").write_text('{"format": "something-else/2", "results": []}')
+    with pytest.raises(ValueError, match="format 'something-else/2'"):
+        Results.load(tmp_path / "other.json")

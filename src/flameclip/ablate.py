@@ -82,6 +82,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     from .embed import EmbedConfig, run_embed
     from .text.llm import fast_dtype
     from .evaluate.report import console_table, write_report
+    from .evaluate.results import Results
     from .evaluate.tasks import new_results, run_suite
     from .inference import load
     from .train import find_checkpoint, train
@@ -91,7 +92,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     if not demo_results.exists():
         raise FileNotFoundError(f"{base} holds no finished demo (no report/results.json): "
                                 f"run `flameclip demo --out {base}` first")
-    reference = json.loads(demo_results.read_text())
+    reference = Results.load(demo_results)
     demo = reference["demo"]
     llm, scale = demo["llm"], demo["scale"]
     sizes = SIZES[scale]
@@ -131,7 +132,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         model = load(ckpt, text_cache=base / "text-cache", progress=progress)
         chosen = [replace(s, mode=v.long_mode) if s.name == "scenes-long" else s
                   for s in specs if not v.tasks or s.name in v.tasks]
-        entries = run_suite([(v.label, ckpt, model)], chosen)["results"]
+        entries = run_suite([(v.label, ckpt, model)], chosen).rows
         vdir.mkdir(parents=True, exist_ok=True)
         done_file.write_text(json.dumps(entries, indent=2))
         seconds[v.key] = time.perf_counter() - t0
@@ -139,22 +140,22 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         rows[v.group].append((v, str(ckpt), entries))
 
     # The demo's own runs as reference rows, where the group compares against them.
-    demo_rows = {c["label"]: [r for r in reference["results"] if r["checkpoint"] == c["label"]]
-                 for c in reference["checkpoints"]}
+    demo_rows = {c["label"]: [r for r in reference.rows if r["checkpoint"] == c["label"]]
+                 for c in reference.checkpoints}
     refs = {"layer": [("FLAME", f"layer {_demo_layer(reference)} (demo)")]}
     summary = {}
     for group in groups:
         results = new_results()
         for src_label, label in refs.get(group, []):
-            results["checkpoints"].append({"label": label, "path": str(base)})
-            results["results"] += [{**r, "checkpoint": label} for r in demo_rows.get(src_label, [])]
+            results.checkpoints.append({"label": label, "path": str(base)})
+            results.rows.extend({**r, "checkpoint": label} for r in demo_rows.get(src_label, []))
         for v, path, entries in rows[group]:
-            results["checkpoints"].append({"label": v.label, "path": path})
+            results.checkpoints.append({"label": v.label, "path": path})
             for e in entries:
                 e = {**e, "checkpoint": v.label}
                 if group == "facets" and e.get("dataset") == "scenes-long":
                     e["mode"] = "as trained"  # K differs per row on purpose: one table row for all
-                results["results"].append(e)
+                results.rows.append(e)
         results["ablation"] = {"group": group, "llm": llm, "scale": scale}
         write_report(results, root / group / "report")
         print(f"\n== ablation: {group} ==")

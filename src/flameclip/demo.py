@@ -214,18 +214,16 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
             report_dir / "data_efficiency.png"),
     }
     _append_to_report(report["report"], targets_table(targets, markdown=True), figures)
-    (report_dir / "results_all_runs.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    results.save(report_dir / "results_all_runs.json")
     print(console_table(_main_runs(results)))
     print(targets_table(targets))
     print(f"[demo] total {timings['total'] / 60:.1f} min; report: {report['report']}")
     return results
 
 
-def _main_runs(results: dict) -> dict:
+def _main_runs(results):
     """The results of FLAME and CLIP only (the data-efficiency runs have their own figure)."""
-    keep = ("FLAME", "CLIP")
-    return {**results, "checkpoints": [c for c in results["checkpoints"] if c["label"] in keep],
-            "results": [r for r in results["results"] if r["checkpoint"] in keep]}
+    return results.only(("FLAME", "CLIP"))
 
 
 def _append_to_report(report: Path, targets_md: str, figures: dict) -> None:

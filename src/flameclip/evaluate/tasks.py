@@ -18,6 +18,7 @@ from ..data.images import DataError
 from ..inference import FlameCLIP
 from .datasets import RetrievalSet, iterate_images, load_classification, load_retrieval
 from .metrics import group_scores, linear_probe, retrieval_metrics, zero_shot_metrics
+from .results import RESULTS_FORMAT, Results  # noqa: F401 - RESULTS_FORMAT re-exported
 
 TASKS = ("zeroshot", "retrieval", "multilingual", "linear_probe")
 
@@ -159,16 +160,13 @@ class Evaluator:
         return {"task": spec.task, "dataset": spec.name, **row}
 
 
-RESULTS_FORMAT = "flameclip-eval/1"
+def new_results() -> Results:
+    """Empty results, the shape ``report.py`` reads."""
+    return Results()
 
 
-def new_results() -> dict:
-    """An empty results dict, the shape ``report.py`` reads."""
-    return {"format": RESULTS_FORMAT, "checkpoints": [], "results": []}
-
-
-def run_suite(models, specs: list[TaskSpec], results: dict | None = None, batch_size: int = 64, workers: int = 0,
-              log=None, after_task=None) -> dict:
+def run_suite(models, specs: list[TaskSpec], results: Results | None = None, batch_size: int = 64, workers: int = 0,
+              log=None, after_task=None) -> Results:
     """Every task of ``specs`` against every model: the one evaluation loop of eval, demo and ablate.
 
     ``models`` yields (label, checkpoint path, FlameCLIP); a generator may load each model only
@@ -177,9 +175,9 @@ def run_suite(models, specs: list[TaskSpec], results: dict | None = None, batch_
     ``after_task(results)`` after it, e.g. to write the report so far (an error later then loses
     nothing finished).
     """
-    results = new_results() if results is None else results
+    results = Results() if results is None else results
     for label, path, m in models:
-        results["checkpoints"].append({"label": label, "path": str(path), "text_tower": m.cfg.text_tower,
+        results.checkpoints.append({"label": label, "path": str(path), "text_tower": m.cfg.text_tower,
                                        "llm": (m.cfg.llm or {}).get("llm")})
         ev = Evaluator(m, batch_size=batch_size, workers=workers)
         for spec in specs:
@@ -187,7 +185,7 @@ def run_suite(models, specs: list[TaskSpec], results: dict | None = None, batch_
                 log(f"[{label}] {spec.task}: {spec.name}")
             t0 = time.perf_counter()
             row = ev.run(spec)
-            results["results"].append({"checkpoint": label, **row, "seconds": round(time.perf_counter() - t0, 2)})
+            results.rows.append({"checkpoint": label, **row, "seconds": round(time.perf_counter() - t0, 2)})
             if after_task is not None:
                 after_task(results)
     return results
