@@ -47,7 +47,7 @@ class DemoSizes:
 
 
 SIZES = {
-    # Chosen to fit in 30 minutes of a 2-core CPU after installation (see BENCHMARKS.md). 1,000 steps,
+    # Chosen to fit in about 22 minutes of a 2-core CPU after installation (see BENCHMARKS.md). 1,000 steps,
     # not 500: on validation FLAME's image tower knows a glyph by its name twice as often (English
     # names 17.0 -> 32.5 R@1); glyph cards (each glyph alone, named, in 8 drawings) teach the glyphs.
     "cpu": DemoSizes(n_train=1100, n_val=150, steps=1000, batch_size=32, vision_width=192, vision_depth=4,
