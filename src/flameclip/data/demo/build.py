@@ -30,19 +30,15 @@ training images and from each other. Same seed and sizes give byte-identical fil
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ...store.atomic import atomic_write_bytes, marker_matches, write_marker
-from .. import fashion_mnist as FM
 from . import glyphs as G
 from .cards import glyph_cards, interleave
 from .rephrase import novel_long_caption
@@ -380,25 +376,3 @@ def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split
 def _scene_and_image(rng, vocab, size, max_glyphs: int = 9):
     scene = sample_scene(rng, vocab, size, n=int(rng.integers(1, max_glyphs + 1)))
     return scene, render_scene(scene)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flameclip.data.demo", description=__doc__.split("\n")[0])
-    ap.add_argument("root", help="output folder")
-    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    try:
-        t0 = time.perf_counter()
-        paths = build_demo_data(args.root, args.scale, args.seed)
-    except (G.EmojiFontNotFound, FM.FashionMNISTError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    counts = json.loads(paths["done"].read_text(encoding="utf-8"))["counts"]
-    fm_done = paths["fashion_mnist"] / "DONE.json"
-    if fm_done.exists():
-        counts["fashion_mnist"] = json.loads(fm_done.read_text(encoding="utf-8"))["counts"]
-    print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "counts": counts,
-                      "suite": str(paths["suite"])}, indent=2))
-    return 0
-
