@@ -274,6 +274,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             model.text_whitening.copy_(whitening.to(device))
     opt = build_optimizer(model, cfg)
     start_step, skipped = 0, set()
+    store_record = store_identity(train_ds.text.store) if cfg.model.text_tower == "llm" else None
     ckpt = find_checkpoint(out, cfg.resume) if cfg.resume else None
     if not cfg.resume and any(checkpoint_dir(out).glob("step-*")):
         raise DataError(f"{out} already holds checkpoints: pass resume=latest to continue, or choose a new out folder")
@@ -287,12 +288,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         except Exception as e:  # noqa: BLE001 - truncated files raise EOFError, RuntimeError, pickle errors...
             raise DataError(f"{ckpt / 'trainer_state.pt'} is unreadable ({type(e).__name__}: {str(e)[:80]}); "
                             "resume from an earlier checkpoint with resume=<its folder>") from None
-        if cfg.model.text_tower == "llm":
-            check_store_identity(ckpt, state.get("store"), store_identity(train_ds.text.store), cfg.store)
+        if store_record:
+            check_store_identity(ckpt, state.get("store"), store_record, cfg.store)
         opt.load_state_dict(opt_state)
         torch.set_rng_state(rng.cpu())
         skipped = set(state.get("skipped_ids", []))
-    store_record = store_identity(train_ds.text.store) if cfg.model.text_tower == "llm" else None
 
     def trainer_extra() -> dict:  # what a checkpoint's trainer state holds besides optimiser, step and RNG
         return {"skipped_ids": sorted(skipped), **({"store": store_record} if store_record else {})}
