@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from flameclip.data.image_io import ImageTooLarge, open_rgb
+from flameclip.fileio import ImageTooLarge, open_rgb
 from flameclip.data.images import DataError
 from flameclip.evaluate.datasets import iterate_images
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data.image_io import UNREADABLE, open_rgb
-from .store.atomic import atomic_write_bytes
+from .fileio import UNREADABLE, atomic_write_bytes, open_rgb
 
 THUMB = 256  # thumbnail pixels: enough to recognise an image in a grid cell
 SHEET_COLUMNS = 5

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import load_config
-from .store.atomic import atomic_write_bytes
+from .fileio import atomic_write_bytes
 
 
 @dataclass

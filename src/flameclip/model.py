@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
-from .store.atomic import file_sha256, fsync_dir, fsync_file, tmp_name, write_tmp_bytes
+from .fileio import file_sha256, fsync_dir, fsync_file, tmp_name, write_tmp_bytes
 from .vision import TokenProjector, build_image_tower
 
 # /2 records the sha256 of model.safetensors in config.json and checks it on load; /1 folders (no

@@ -25,10 +25,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .data.captions import iter_records
-from .data.image_io import UNREADABLE, why_unreadable
 from .data.images import ImageRecord, open_record, read_images, sample_key
 from .launch import process_device, rank_and_world
-from .store.atomic import atomic_write_bytes
+from .fileio import UNREADABLE, atomic_write_bytes, why_unreadable
 
 PROMPTS_DIR = Path(__file__).with_name("recaption_prompts")
 RESERVED = ("id", "raw")  # the table's own columns; a prompt column may not take these names

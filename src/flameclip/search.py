@@ -28,10 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.image_io import UNREADABLE, open_rgb, why_unreadable
 from .data.images import IMAGE_EXTENSIONS, DataError
 from .model import CONFIG_NAME, WEIGHTS_NAME
-from .store.atomic import atomic_write_bytes, file_sha256, fsync_dir
+from .fileio import UNREADABLE, atomic_write_bytes, file_sha256, fsync_dir, open_rgb, why_unreadable
 
 INDEX_FORMAT = "flameclip-index/1"
 INDEX_DIRNAME = ".flameclip-index"

@@ -26,7 +26,7 @@ def add_parser(subparsers) :
 
 def run(args) -> int:
     """Print the word table, write the PNG and print its path; refusals are one line on stderr."""
-    from ..data.image_io import UNREADABLE, open_rgb
+    from ..fileio import UNREADABLE, open_rgb
     from ..inference import load
     from ..text.llm import LLMNotFoundError
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.atomic import file_sha256, marker_matches, write_marker
+from ..fileio import file_sha256, marker_matches, write_marker
 from .images import DataError
 
 ENV_VAR = "FLAMECLIP_FASHION_MNIST"

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from .captions import CaptionsFileError, iter_records, read_captions
-from .image_io import UNREADABLE, open_rgb, why_unreadable  # UNREADABLE is re-exported for the loaders
+from ..fileio import UNREADABLE, open_rgb, why_unreadable  # UNREADABLE is re-exported for the loaders
 
 
 class DataError(ValueError):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data.captions import iter_records
-from ..data.image_io import UNREADABLE, open_rgb, why_unreadable
+from ..fileio import UNREADABLE, open_rgb, why_unreadable
 from ..data.images import IMAGE_EXTENSIONS, DataError
 
 

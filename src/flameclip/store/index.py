@@ -29,7 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from .atomic import fsync_dir, fsync_file, tmp_name
+from ..fileio import fsync_dir, fsync_file, tmp_name
 
 ARRAYS = {"offsets": np.dtype("<i8"), "hashes": np.dtype("<u8"), "shard": np.dtype("<i4"), "row": np.dtype("<i4"),
           "id_offsets": np.dtype("<i8"), "id_bytes": np.dtype("u1")}

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 
-from .atomic import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from .layout import manifest_path
 
 STORE_FORMAT = "flameclip-store/1"

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .atomic import is_tmp
+from ..fileio import is_tmp
 from .index import IdIndex
 from .layout import index_dir, shard_dir, shard_file, written_shards
 from .manifest import STORE_FORMAT, StoreMismatchError, compare_fingerprints, mismatch_message, read_manifest

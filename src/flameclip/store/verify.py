@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .atomic import file_sha256
+from ..fileio import file_sha256
 from .layout import shard_file, written_shards
 from .quant import DTYPES, SCALE_DTYPE
 

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from .atomic import file_sha256, fsync_dir, fsync_file, is_tmp, remove_tmp_entries, tmp_name, write_tmp_bytes
+from ..fileio import file_sha256, fsync_dir, fsync_file, is_tmp, remove_tmp_entries, tmp_name, write_tmp_bytes
 from .index import build_index, write_index
 from .layout import index_dir, manifest_path, shard_dir, shard_file, written_shards
 from .manifest import (

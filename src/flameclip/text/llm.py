@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..store.atomic import file_sha256
+from ..fileio import file_sha256
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...store.atomic import atomic_write_bytes, marker_matches, write_marker
+from ...fileio import atomic_write_bytes, marker_matches, write_marker
 from . import glyphs as G
 from .cards import glyph_cards, interleave
 from .rephrase import novel_long_caption

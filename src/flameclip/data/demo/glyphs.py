@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ...store.atomic import file_sha256
+from ...fileio import file_sha256
 
 # The 14 languages of the multilingual evaluation, English first (the emoji package's codes).
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "zh", "ja", "ko", "ru", "ar", "fa", "id", "tr")
