@@ -29,9 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
 
-    from flameclip.config import load_config
     from flameclip.data.images import EpochBatchSampler, collate
-    from flameclip.demo import DEMO_LLM, FLAME_SETTINGS, SIZES, _common, store_dir
+    from flameclip.demo import DEMO_LLM, SIZES, base_config, flame_config, store_dir
     from flameclip.losses import build_loss
     from flameclip.model import FlameModel
     from flameclip.train import build_dataset, build_optimizer, train_step
@@ -44,9 +43,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         # Centring and whitening are fixed matrices on the text rows: no cost that this compares.
-        cfg = load_config(None, [f"train_manifest=\"{fit}\"", f"store=\"{store}\"", *FLAME_SETTINGS,
-                                 *_common(SIZES["cpu"], Path(tmp), args.workers, "fp32"),
-                                 "model.text_center=\"none\"", "model.text_whiten=0.0"])
+        cfg = flame_config(base_config(SIZES["cpu"], Path(tmp), args.workers, "fp32"), store,
+                           train_manifest=str(fit), model={"text_center": "none", "text_whiten": 0.0})
     ds = build_dataset(cfg, cfg.train_manifest, train=True)
     cfg.model.text_dim = ds.text.store.dim
     model = FlameModel(cfg.model)

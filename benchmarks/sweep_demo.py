@@ -8,6 +8,7 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
     python benchmarks/sweep_demo.py --demo runs/demo            # after the demo's data and store exist
     python benchmarks/sweep_demo.py --demo runs/demo --side clip --only softmax-lr2e-3
     python benchmarks/sweep_demo.py --demo runs/demo --seed 1    # the same runs from another seed
+    python benchmarks/sweep_demo.py --demo runs/demo --precision bf16  # trained in bf16 autocast
 
 Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
 """
@@ -102,10 +103,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="training seed (initialisation and sampling); the data stay")
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo's)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="training arithmetic (bf16: autocast, the demo's on a CPU with bf16 arithmetic)")
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
-    from flameclip.demo import DEMO_LLM, SIZES, _common, store_dir
+    from flameclip.demo import DEMO_LLM, SIZES, base_config, store_dir
     from flameclip.train import train
 
     demo = Path(args.demo)
@@ -130,12 +133,14 @@ def main(argv=None) -> int:
             run = run.with_name(f"{run.name}_seed{args.seed}")
         if args.steps:
             run = run.with_name(f"{run.name}_steps{args.steps}")
+        if args.precision != "fp32":
+            run = run.with_name(f"{run.name}_{args.precision}")
         if not (run / "done.json").exists():
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
                                      "eval_columns=[\"raw\",\"long\"]",
-                                     *side_settings(side, sizes, store, captions),
-                                     *_common(sizes, run, args.workers, "fp32"), *overrides, f"seed={args.seed}"])
+                                     *side_settings(side, sizes, store, captions), *overrides, f"seed={args.seed}"],
+                              base=base_config(sizes, run, args.workers, args.precision))
             t0 = time.perf_counter()
             train(cfg, progress=False)
             (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))

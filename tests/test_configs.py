@@ -37,3 +37,47 @@ def test_the_llm_identity_is_one_record_for_store_checkpoint_and_queries():
     assert causal.query_key(None, "bf16")["route"] == "causal" and causal != identity
     # An older checkpoint without a name: the folder the user points at names it.
     assert LLMIdentity.from_record({"layer": 3}).query_key("/models/x", "fp32")["llm"] == "/models/x"
+
+
+def test_with_settings_makes_a_new_config_and_names_an_unknown_key():
+    from flameclip.config import TrainConfig, with_settings
+
+    base = TrainConfig(text_columns=["raw"])
+    cfg = with_settings(base, {"lr": 1e-3, "model": {"vision_depth": 2}})
+    assert (cfg.lr, cfg.model.vision_depth) == (1e-3, 2)
+    assert (base.lr, base.model.vision_depth) == (TrainConfig().lr, TrainConfig().model.vision_depth)
+    cfg.text_columns.append("long")  # the two configs share no list
+    assert base.text_columns == ["raw"]
+    with pytest.raises(ValueError, match="'model.vison_depth'"):
+        with_settings(base, {"model": {"vison_depth": 2}})
+    with pytest.raises(ValueError, match="'batchsize'"):
+        with_settings(base, {"batchsize": 2})
+    with pytest.raises(ValueError, match="lr"):  # the result is validated like a loaded config
+        with_settings(base, {"lr": float("nan")})
+
+
+def test_load_config_on_a_base_leaves_the_base_alone():
+    from flameclip.config import TrainConfig
+
+    base = TrainConfig(lr=2e-4, text_columns=["raw"])
+    cfg = load_config(None, ["model.vision_depth=2", "text_columns=[\"long\"]"], base=base)
+    assert (cfg.lr, cfg.model.vision_depth, cfg.text_columns) == (2e-4, 2, ["long"])
+    assert base.model.vision_depth == TrainConfig().model.vision_depth and base.text_columns == ["raw"]
+
+
+def test_the_demo_sides_differ_only_where_their_settings_say():
+    import dataclasses
+
+    from flameclip.demo import SIZES, base_config, clip_config, flame_config
+
+    sizes = SIZES["tiny"]
+    base = base_config(sizes, Path("out"))
+    flame, clip = flame_config(base, Path("store")), clip_config(base, sizes, Path("captions.jsonl"))
+    # Both train the same image tower on the same schedule.
+    for cfg in (flame, clip):
+        assert (cfg.max_steps, cfg.batch_size, cfg.model.vision_width, cfg.model.vision_depth) == \
+            (sizes.steps, sizes.batch_size, sizes.vision_width, sizes.vision_depth)
+    assert (flame.store, flame.model.text_tower, clip.captions, clip.model.text_tower) == \
+        ("store", "llm", "captions.jsonl", "clip")
+    assert (clip.model.clip_width, clip.model.clip_layers) == (sizes.clip_width, sizes.clip_layers)
+    assert dataclasses.asdict(base) == dataclasses.asdict(base_config(sizes, Path("out")))  # untouched

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 GROUPS = ("facets", "mask", "layer")
@@ -36,7 +36,6 @@ class Variant:
     positives: int = 6
     long_mode: str = "long7"  # prompt set for the long-caption queries
     tasks: tuple[str, ...] = ()  # suite task names to run; empty: all
-    overrides: list[str] = field(default_factory=list)
     same_as: str = ""  # the key of an identical variant of another group: its run is reused
 
     @property
@@ -76,9 +75,8 @@ def variants(groups: list[str], llm: str) -> list[Variant]:
 
 def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = None, seed: int = 0,
                   workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
-    from .config import load_config
     from .data.demo.build import build_demo_data
-    from .demo import FLAME_SETTINGS, SIZES, _common, data_kwargs, demo_suite, store_dir
+    from .demo import SIZES, base_config, data_kwargs, demo_suite, flame_config, store_dir, training_precision
     from .embed import EmbedConfig, run_embed
     from .text.llm import fast_dtype
     from .evaluate.report import console_table, write_report
@@ -123,11 +121,9 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         elif not store.exists():
             raise FileNotFoundError(f"the demo's store was not found under {base}: run the demo again")
         run_dir = vdir / "train"
-        overrides = [f"train_manifest=\"{paths['fit_manifest']}\"", f"store=\"{store}\"", *FLAME_SETTINGS,
-                     f"positives={v.positives}", *v.overrides]
-        cfg = load_config(None, overrides + _common(sizes, run_dir, workers, precision))
-        if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
-            cfg.resume = "latest"
+        resume = "latest" if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") else ""
+        cfg = flame_config(base_config(sizes, run_dir, workers, training_precision(precision)), store,
+                           train_manifest=str(paths["fit_manifest"]), positives=v.positives, resume=resume)
         ckpt = train(cfg, progress=progress).checkpoint
         model = load(ckpt, text_cache=base / "text-cache", progress=progress)
         chosen = [replace(s, mode=v.long_mode) if s.name == "scenes-long" else s

@@ -9,6 +9,7 @@ a bare word that is not a TOML literal is taken as a string).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -261,8 +262,10 @@ def _parse_value(text: str):
         return text  # a bare word: a string
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
-    cfg = TrainConfig()
+def load_config(path: str | None, overrides: list[str] = (), base: TrainConfig | None = None) -> TrainConfig:
+    """A config: ``base`` (default: every field's default; copied, never changed), then the TOML file
+    at ``path``, then the ``key=value`` overrides, validated."""
+    cfg = copy.deepcopy(base) if base is not None else TrainConfig()
     if path:
         p = Path(path)
         if not p.exists():
@@ -287,6 +290,21 @@ def load_config(path: str | None, overrides: list[str] = ()) -> TrainConfig:
         _apply(cfg, nested, "override")
     validate_config(cfg)
     return cfg
+
+
+def with_settings(cfg: TrainConfig, settings: dict) -> TrainConfig:
+    """A new config: ``cfg`` with ``settings`` replaced (TrainConfig fields, and under "model" a dict
+    of ModelConfig fields), validated. ``cfg`` itself is not changed."""
+    cfg, settings = copy.deepcopy(cfg), copy.deepcopy(settings)  # the new config shares no list with either
+    top = {k: v for k, v in settings.items() if k != "model"}
+    model = settings.get("model", {})
+    for obj, keys, where in ((cfg, top, ""), (cfg.model, model, "model.")):
+        unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(obj)})
+        if unknown:
+            raise ValueError(f"unknown setting '{where}{unknown[0]}'")
+    out = dataclasses.replace(cfg, **top, model=dataclasses.replace(cfg.model, **model))
+    validate_config(out)
+    return out
 
 
 # Settings that must be at least this (a zero or negative one would divide by zero, train on nothing

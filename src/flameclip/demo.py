@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_config
+from .config import ModelConfig, TrainConfig, with_settings
 from .fileio import atomic_write_bytes
 
 
@@ -47,10 +47,11 @@ class DemoSizes:
 
 
 SIZES = {
-    # Chosen to fit in about 22 minutes of a 2-core CPU after installation (see BENCHMARKS.md). 1,000 steps,
-    # not 500: on validation FLAME's image tower knows a glyph by its name twice as often (English
-    # names 17.0 -> 32.5 R@1); glyph cards (each glyph alone, named, in 8 drawings) teach the glyphs.
-    "cpu": DemoSizes(n_train=1100, n_val=150, steps=1000, batch_size=32, vision_width=192, vision_depth=4,
+    # Chosen to fit in about 22 minutes of a 2-core CPU after installation (see BENCHMARKS.md), with
+    # training in bf16 where the CPU has bf16 arithmetic. 1,500 steps: on validation (two seeds, both
+    # sides) FLAME's image tower knows a glyph by its English name at 41.0 R@1 against 29.0 at 1,000
+    # steps, and CLIP gains too. Glyph cards (each glyph alone, named, in 8 drawings) teach the glyphs.
+    "cpu": DemoSizes(n_train=1100, n_val=150, steps=1500, batch_size=32, vision_width=192, vision_depth=4,
                      vision_heads=3, eval_every=100, glyph_cards=2, card_views=7),
     # For a GPU: more data and a deeper tower.
     "gpu": DemoSizes(n_train=20000, n_val=1000, steps=1500, batch_size=256, vision_width=384, vision_depth=12,
@@ -70,9 +71,10 @@ SIZES = {
 # FLAME +5.1 points of score on two seeds, CLIP -3.0, so CLIP keeps the plain patchify. At 1,000
 # steps with glyph cards both sides' sweeps moved the learning rate from 1e-3 to 5e-4 (BENCHMARKS.md,
 # "cards"; 2.5e-4 and 2e-3 lost on both sides).
-FLAME_SETTINGS = ["loss=\"sigmoid\"", "lr=5e-4", "model.init_logit_bias=-3.47", "positives=6",
-                  "model.text_center=\"prompt\"", "model.text_whiten=0.75", "model.vision_stem=\"conv\""]
-CLIP_SETTINGS = ["loss=\"softmax\"", "lr=5e-4", "model.embed_dim=256", "model.clip_heads=4"]
+FLAME_SETTINGS = {"loss": "sigmoid", "lr": 5e-4, "positives": 6,
+                  "model": {"init_logit_bias": -3.47, "text_center": "prompt", "text_whiten": 0.75, "vision_stem": "conv"}}
+CLIP_SETTINGS = {"loss": "softmax", "lr": 5e-4,
+                 "model": {"text_tower": "clip", "embed_dim": 256, "clip_heads": 4}}
 DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
 # The demo's LLM, chosen on the validation split against smollm2-135m (BENCHMARKS.md, "demo LLM"): it
 # puts other languages' names near the English ones (a text-only probe on glyphs no evaluation set
@@ -80,13 +82,38 @@ DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
 DEMO_LLM = "gemma3-270m"
 
 
-def _common(s: DemoSizes, out: Path, workers: int, precision: str) -> list[str]:
-    return [
-        f"model.image_size={s.image_size}", f"model.patch_size={s.patch_size}", f"model.vision_width={s.vision_width}",
-        f"model.vision_depth={s.vision_depth}", f"model.vision_heads={s.vision_heads}", f"batch_size={s.batch_size}",
-        "epochs=1000000", f"max_steps={s.steps}", "weight_decay=0.1", "warmup_steps=20",
-        f"workers={workers}", f"precision=\"{precision}\"", "save_every=1000000", "log_every=5", f"out=\"{out}\"",
-    ]
+def base_config(s: DemoSizes, out: Path, workers: int = -1, precision: str = "auto") -> TrainConfig:
+    """What every demo training run shares: the image tower, batch, steps and schedule (no data, no side)."""
+    model = ModelConfig(image_size=s.image_size, patch_size=s.patch_size, vision_width=s.vision_width,
+                        vision_depth=s.vision_depth, vision_heads=s.vision_heads)
+    return TrainConfig(model=model, batch_size=s.batch_size, epochs=1_000_000, max_steps=s.steps, weight_decay=0.1,
+                       warmup_steps=20, workers=workers, precision=precision, save_every=1_000_000, log_every=5,
+                       out=str(out))
+
+
+def training_precision(precision: str) -> str:
+    """The demo's training arithmetic. "auto" is bf16 autocast on a GPU and also on a CPU with bf16
+    arithmetic (AVX512-BF16 or AMX), where it trains 1.5x faster on 2 cores with the same validation
+    figures (BENCHMARKS.md, "bf16 training"); fp32 on other CPUs, which only emulate bf16."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    from .text.llm import fast_dtype
+
+    return "auto" if torch.cuda.is_available() else fast_dtype("cpu")
+
+
+def flame_config(base: TrainConfig, store: Path, **settings) -> TrainConfig:
+    """FLAME on the stored LLM states of ``store``, with the demo's settings (then ``settings``)."""
+    return with_settings(with_settings(base, {**FLAME_SETTINGS, "store": str(store)}), settings)
+
+
+def clip_config(base: TrainConfig, s: DemoSizes, captions: Path) -> TrainConfig:
+    """The CLIP baseline: an open_clip text tower of the demo's size, trained on the captions' text."""
+    cfg = with_settings(base, CLIP_SETTINGS)
+    return with_settings(cfg, {"captions": str(captions), "text_columns": ["raw", "short", "long"],
+                               "model": {"clip_width": s.clip_width, "clip_layers": s.clip_layers}})
 
 
 def data_kwargs(scale: str) -> dict:
@@ -173,22 +200,19 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     t = lap("embed captions", t)
 
     fit, val = paths["fit_manifest"], paths["val_manifest"]
-    flame = [f"store=\"{store}\"", *FLAME_SETTINGS]
-    clip = [f"captions=\"{paths['train_captions']}\"", "text_columns=[\"raw\",\"short\",\"long\"]",
-            "model.text_tower=\"clip\"", f"model.clip_width={sizes.clip_width}",
-            f"model.clip_layers={sizes.clip_layers}", *CLIP_SETTINGS]
-    curves = [f"val_manifest=\"{val}\"", f"eval_every={sizes.eval_every}", "eval_columns=[\"raw\",\"long\"]"]
-    jobs = [("FLAME", fit, flame + curves), ("CLIP", fit, clip + curves)]
+    precision = training_precision(precision)
+    base = base_config(sizes, out, workers, precision)
+    curves = {"val_manifest": str(val), "eval_every": sizes.eval_every, "eval_columns": ["raw", "long"]}
+    jobs = [("FLAME", fit, with_settings(flame_config(base, store), curves)),
+            ("CLIP", fit, with_settings(clip_config(base, sizes, paths["train_captions"]), curves))]
     for frac in sizes.fractions:
         part = subset_manifest(fit, frac, out / f"fit-{round(100 * frac)}.jsonl")
-        jobs.append((f"FLAME {round(100 * frac)}%", part, flame))
+        jobs.append((f"FLAME {round(100 * frac)}%", part, flame_config(base, store)))
     runs = {}
-    for name, manifest, overrides in jobs:
+    for name, manifest, cfg in jobs:
         run_dir = out / f"train-{name.lower().replace(' ', '-').replace('%', '')}"
-        cfg = load_config(None, [f"train_manifest=\"{manifest}\"", *overrides,
-                                 *_common(sizes, run_dir, workers, precision)])
-        if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") is not None:
-            cfg.resume = "latest"
+        resume = "latest" if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") else ""
+        cfg = with_settings(cfg, {"train_manifest": str(manifest), "out": str(run_dir), "resume": resume})
         runs[name] = train(cfg, progress=progress).checkpoint
         t = lap(f"train {name}", t)
 
@@ -199,7 +223,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     results = run_suite(models, specs)
     t = lap("evaluate", t)
     timings["total"] = time.perf_counter() - t0
-    results["demo"] = {"llm": llm, "scale": scale, "sizes": sizes.__dict__, "seconds": timings,
+    results["demo"] = {"llm": llm, "scale": scale, "sizes": sizes.__dict__, "precision": precision, "seconds": timings,
                        "settings": {"FLAME": FLAME_SETTINGS, "CLIP": CLIP_SETTINGS}}
     targets = evaluate_targets(results)
     results["targets"] = [t.__dict__ | {"stderr": t.stderr} for t in targets]

@@ -21,7 +21,8 @@ def add_run_options(p) -> None:
     """The options every demo-data job shares (the demo, the ablations)."""
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=-1, help="data-loading workers (-1: a default for this machine)")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="training arithmetic (auto: bf16 on a GPU or a CPU with bf16 arithmetic, else fp32)")
     p.add_argument("--no-progress", action="store_true")
 
 

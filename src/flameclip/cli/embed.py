@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 
@@ -43,23 +44,9 @@ def add_parser(sub):
 def run(args) -> int:
     from ..embed import EmbedConfig, run_embed
 
-    cfg = EmbedConfig(
-        captions=args.captions,
-        out=args.out,
-        prompts=_parse_prompts(args.prompts),
-        llm=args.llm,
-        id_column=args.id_column,
-        layer=args.layer,
-        compute_dtype=args.compute_dtype,
-        store_dtype=args.store_dtype,
-        route=args.route,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        shard_size=args.shard_size,
-        device=args.device,
-        skip_empty=args.skip_empty,
-        text_cache=args.text_cache,
-    )
+    # Every option is named after the EmbedConfig field it sets (--dtype: store_dtype).
+    fields = {f.name for f in dataclasses.fields(EmbedConfig)} - {"prompts"}
+    cfg = EmbedConfig(prompts=_parse_prompts(args.prompts), **{k: getattr(args, k) for k in fields})
     summary = run_embed(cfg, progress=not args.no_progress)
     if int(os.environ.get("RANK", 0)) == 0:
         print(summary.table())

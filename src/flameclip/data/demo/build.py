@@ -79,24 +79,18 @@ SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, 
 
 
 
+# Where each part of the demo's data lives: the training set's files, then the evaluation sets'.
+TRAIN_FILES = {"train_images": "images", "train_manifest": "manifest.jsonl", "fit_manifest": "fit.jsonl",
+               "val_manifest": "val.jsonl", "train_captions": "captions.jsonl", "train_scenes": "scenes.jsonl"}
+EVAL_FILES = {"long_retrieval": "long_retrieval.jsonl", "novel_retrieval": "novel_retrieval.jsonl",
+              "short_retrieval": "short_retrieval.jsonl", "zeroshot": "zeroshot",
+              "multilingual": "multilingual.jsonl", "suite": "suite.toml"}
+
+
 def _paths(root: Path) -> dict[str, Path]:
-    return {
-        "root": root,
-        "train_images": root / "train" / "images",
-        "train_manifest": root / "train" / "manifest.jsonl",
-        "fit_manifest": root / "train" / "fit.jsonl",
-        "val_manifest": root / "train" / "val.jsonl",
-        "train_captions": root / "train" / "captions.jsonl",
-        "train_scenes": root / "train" / "scenes.jsonl",
-        "long_retrieval": root / "eval" / "long_retrieval.jsonl",
-        "novel_retrieval": root / "eval" / "novel_retrieval.jsonl",
-        "short_retrieval": root / "eval" / "short_retrieval.jsonl",
-        "zeroshot": root / "eval" / "zeroshot",
-        "multilingual": root / "eval" / "multilingual.jsonl",
-        "suite": root / "eval" / "suite.toml",
-        "done": root / "DONE.json",
-        "fashion_mnist": root / "fashion-mnist",  # exists only when the package was found
-    }
+    return {"root": root, **{k: root / "train" / v for k, v in TRAIN_FILES.items()},
+            **{k: root / "eval" / v for k, v in EVAL_FILES.items()},
+            "done": root / "DONE.json", "fashion_mnist": root / "fashion-mnist"}  # the latter only with the package
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
