@@ -38,9 +38,6 @@ EMBEDDINGS_NAME = "embeddings.npy"
 PATHS_NAME = "paths.json"
 META_NAME = "index.json"
 
-# Exact search in numpy is a single matrix product and fast enough well beyond this size; faiss
-# is only worth its import (and its float32 copy of the index) for large folders.
-FAISS_MIN_IMAGES = 50_000
 # A query longer than this goes through the long prompt set: the single prompt describes short
 # captions, the facet prompts were made for paragraph-length ones.
 LONG_QUERY_WORDS = 30
@@ -213,12 +210,6 @@ def build_index(image_dir, checkpoint, out=None, batch_size: int = 64, progress:
 
 # ---------------------------------------------------------------------------- search
 
-def _faiss_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("faiss") is not None
-
-
 class ImageIndex:
     """An index folder opened for search.
 
@@ -266,8 +257,6 @@ class ImageIndex:
             raise DataError(f"index {self.dir} is damaged (embeddings {tuple(self.embeddings.shape)}, "
                             f"{len(self.paths)} paths, {n} expected): rebuild it with flameclip index")
         self.image_root = Path(os.path.normpath(self.dir / self.meta.get("image_root", "..")))
-        self.backend = "faiss" if n > FAISS_MIN_IMAGES and _faiss_available() else "numpy"
-        self._faiss = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -299,11 +288,11 @@ class ImageIndex:
             raise ValueError(f"k must be at least 1, got {k}")
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         k = min(k, len(self))
-        scores, ids = self._faiss_topk(q, k) if self.backend == "faiss" else self._numpy_topk(q, k)
+        scores, ids = self._topk(q, k)
         return [[(self.paths[i], float(s)) for i, s in zip(row_ids, row_scores)]
                 for row_ids, row_scores in zip(ids, scores)]
 
-    def _numpy_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         cand_scores, cand_ids = [], []
         for lo in range(0, len(self), self.chunk_rows):
             s = q @ self.embeddings[lo : lo + self.chunk_rows].astype(np.float32).T  # [Q, rows]
@@ -316,16 +305,6 @@ class ImageIndex:
         # Best score first; equal scores in index order, so results never depend on the chunking.
         order = np.lexsort((ids, -scores), axis=1)[:, :k]
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
-
-    def _faiss_topk(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._faiss is None:
-            import faiss
-
-            # Flat inner product: exact, like the numpy path, only with faiss's faster kernels.
-            self._faiss = faiss.IndexFlatIP(self.embed_dim)
-            self._faiss.add(np.ascontiguousarray(self.embeddings, dtype=np.float32))
-        scores, ids = self._faiss.search(np.ascontiguousarray(q), k)
-        return scores, ids
 
 
 def resolve_mode(query: str, mode: str = "auto") -> str:
