@@ -1,5 +1,6 @@
-"""The configs: ModelConfig (the model a checkpoint holds) and TrainConfig (a training run), read from
-TOML and overridden by ``key=value`` on the command line.
+"""The configs: ModelConfig (the model a checkpoint holds), TrainConfig (a training run, read from
+TOML and overridden by ``key=value`` on the command line), EmbedConfig (an embed job) and
+LLMIdentity (which LLM made a set of text states).
 
 A config file is a TOML document whose top-level keys are ``TrainConfig`` fields and whose
 ``[model]`` table holds ``ModelConfig`` fields. Overrides use dotted keys (``model.vision_depth=4``)
@@ -206,6 +207,27 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class EmbedConfig:
+    """An embed job (``flameclip embed``): which captions, which LLM and prompts, where the store goes."""
+
+    captions: str
+    out: str
+    prompts: dict[str, str]  # caption column -> prompt set (built-in name or JSON file)
+    llm: str = "smollm2-135m"
+    id_column: str = "id"
+    layer: int = -2
+    compute_dtype: str = "fp32"  # the LLM's dtype while encoding
+    store_dtype: str = "fp16"  # fp16 | int8 | fp32
+    route: str = "auto"
+    batch_size: int = 16
+    max_tokens: int | None = None
+    shard_size: int = 4096
+    device: str = "auto"
+    skip_empty: bool = False
+    text_cache: str | None = None  # a folder: states of texts encoded before are read from it, new ones added
 
 
 def _coerce(value, tp, key: str = ""):

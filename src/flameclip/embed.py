@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import LLMIdentity
+from .config import EmbedConfig, LLMIdentity
 from .data.captions import read_captions
 from .launch import process_device, rank_and_world
 from .store import StoreWriter
@@ -26,25 +26,6 @@ from .text.facets import EXACT_ROUTES, CaptionError, FacetEncoder
 from .text.llm import load_llm
 from .text.prompts import clean_caption, load_prompt_set
 from .text_cache import TextEmbeddingCache
-
-
-@dataclass
-class EmbedConfig:
-    captions: str
-    out: str
-    prompts: dict[str, str]  # caption column -> prompt set (built-in name or JSON file)
-    llm: str = "smollm2-135m"
-    id_column: str = "id"
-    layer: int = -2
-    compute_dtype: str = "fp32"  # the LLM's dtype while encoding
-    store_dtype: str = "fp16"  # fp16 | int8 | fp32
-    route: str = "auto"
-    batch_size: int = 16
-    max_tokens: int | None = None
-    shard_size: int = 4096
-    device: str = "auto"
-    skip_empty: bool = False
-    text_cache: str | None = None  # a folder: states of texts encoded before are read from it, new ones added
 
 
 @dataclass
