@@ -81,3 +81,18 @@ def test_the_demo_sides_differ_only_where_their_settings_say():
         ("store", "llm", "captions.jsonl", "clip")
     assert (clip.model.clip_width, clip.model.clip_layers) == (sizes.clip_width, sizes.clip_layers)
     assert dataclasses.asdict(base) == dataclasses.asdict(base_config(sizes, Path("out")))  # untouched
+
+
+def test_the_demo_trains_in_bf16_only_where_the_arithmetic_is_native(monkeypatch):
+    import torch
+
+    import flameclip.text.llm as llm
+    from flameclip.demo import training_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for found in ("bf16", "fp32"):  # what the CPU's flags say
+        monkeypatch.setattr(llm, "fast_dtype", lambda device="cpu", found=found: found)
+        assert training_precision("auto") == found
+        assert training_precision("fp32") == "fp32" and training_precision("bf16") == "bf16"  # asked: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_precision("auto") == "auto"  # the trainer's own choice on a GPU: bf16
