@@ -66,6 +66,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem drop-path-0.1": sigmoid("5e-4", "model.text_whiten=0.75",
                                                                        "model.vision_stem=\"conv\"",
                                                                        "model.vision_drop_path=0.1"),
+    # A trainable text projection into 256 dims (not the paper's frozen-only text side).
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem proj-256": sigmoid("5e-4", "model.text_whiten=0.75",
+                                                                  "model.vision_stem=\"conv\"",
+                                                                  "model.embed_dim=256"),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
