@@ -76,14 +76,15 @@ def variants(groups: list[str], llm: str) -> list[Variant]:
 def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = None, seed: int = 0,
                   workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
     from .data.demo.build import build_demo_data
-    from .demo import SIZES, base_config, data_kwargs, demo_suite, flame_config, store_dir, training_precision
+    from .demo import (SIZES, base_config, data_kwargs, demo_suite, flame_config, resume_setting, store_dir,
+                       training_precision)
     from .embed import EmbedConfig, run_embed
     from .text.llm import fast_dtype
     from .evaluate.report import console_table, write_report
     from .evaluate.results import Results
     from .evaluate.tasks import new_results, run_suite
     from .inference import load
-    from .train import find_checkpoint, train
+    from .train import train
 
     base = Path(base)
     demo_results = base / "report" / "results.json"
@@ -94,6 +95,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
     demo = reference["demo"]
     llm, scale = demo["llm"], demo["scale"]
     sizes = SIZES[scale]
+    precision = training_precision(precision)
     paths = build_demo_data(base / "data", seed=seed, progress=False, **data_kwargs(scale))
     specs = demo_suite(paths["suite"])
     root = base / "ablations"
@@ -121,9 +123,8 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
         elif not store.exists():
             raise FileNotFoundError(f"the demo's store was not found under {base}: run the demo again")
         run_dir = vdir / "train"
-        resume = "latest" if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") else ""
-        cfg = flame_config(base_config(sizes, run_dir, workers, training_precision(precision)), store,
-                           train_manifest=str(paths["fit_manifest"]), positives=v.positives, resume=resume)
+        cfg = flame_config(base_config(sizes, run_dir, workers, precision), store, positives=v.positives,
+                           train_manifest=str(paths["fit_manifest"]), resume=resume_setting(run_dir))
         ckpt = train(cfg, progress=progress).checkpoint
         model = load(ckpt, text_cache=base / "text-cache", progress=progress)
         chosen = [replace(s, mode=v.long_mode) if s.name == "scenes-long" else s

@@ -94,7 +94,7 @@ def base_config(s: DemoSizes, out: Path, workers: int = -1, precision: str = "au
 def training_precision(precision: str) -> str:
     """The demo's training arithmetic. "auto" is bf16 autocast on a GPU and also on a CPU with bf16
     arithmetic (AVX512-BF16 or AMX), where it trains 1.5x faster on 2 cores with the same validation
-    figures (BENCHMARKS.md, "bf16 training"); fp32 on other CPUs, which only emulate bf16."""
+    figures (BENCHMARKS.md, "Training in bf16 on the CPU"); fp32 on other CPUs, which only emulate bf16."""
     if precision != "auto":
         return precision
     import torch
@@ -102,6 +102,13 @@ def training_precision(precision: str) -> str:
     from .text.llm import fast_dtype
 
     return "auto" if torch.cuda.is_available() else fast_dtype("cpu")
+
+
+def resume_setting(run_dir: Path) -> str:
+    """``resume`` for a demo run: "latest" when the run left a checkpoint (an interrupted demo goes on)."""
+    from .train import find_checkpoint
+
+    return "latest" if find_checkpoint(run_dir, "latest") else ""
 
 
 def flame_config(base: TrainConfig, store: Path, **settings) -> TrainConfig:
@@ -176,7 +183,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     from .evaluate.targets import evaluate_targets, targets_table
     from .evaluate.tasks import run_suite
     from .inference import load
-    from .train import find_checkpoint, train
+    from .train import train
 
     out = Path(out)
     sizes = SIZES[scale]
@@ -211,8 +218,8 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     runs = {}
     for name, manifest, cfg in jobs:
         run_dir = out / f"train-{name.lower().replace(' ', '-').replace('%', '')}"
-        resume = "latest" if (run_dir / "checkpoints").exists() and find_checkpoint(run_dir, "latest") else ""
-        cfg = with_settings(cfg, {"train_manifest": str(manifest), "out": str(run_dir), "resume": resume})
+        cfg = with_settings(cfg, {"train_manifest": str(manifest), "out": str(run_dir),
+                                  "resume": resume_setting(run_dir)})
         runs[name] = train(cfg, progress=progress).checkpoint
         t = lap(f"train {name}", t)
 
