@@ -70,6 +70,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem proj-256": sigmoid("5e-4", "model.text_whiten=0.75",
                                                                   "model.vision_stem=\"conv\"",
                                                                   "model.embed_dim=256"),
+    # The image embedding as an attention-pooled mix of the patch tokens instead of their mean.
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool": sigmoid("5e-4", "model.text_whiten=0.75",
+                                                                   "model.vision_stem=\"conv\"",
+                                                                   "model.vision_pool=\"attention\""),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
@@ -82,6 +86,11 @@ CLIP_ONLY = {
     "softmax-lr5e-4 text-256x4": ["loss=\"softmax\"", "lr=5e-4", "model.clip_width=256", "model.clip_layers=4"],
     "softmax-lr5e-4 text-128x4": ["loss=\"softmax\"", "lr=5e-4", "model.clip_layers=4"],
     "softmax-lr5e-4 drop-path-0.1": ["loss=\"softmax\"", "lr=5e-4", "model.vision_drop_path=0.1"],
+    # A demo folder whose captions have a second long column (each scene's objects in another
+    # order): FLAME reads every stored column by default; CLIP is told to read it too.
+    "softmax-lr5e-4 attn-pool": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\""],
+    "softmax-lr5e-4 long-orders": ["loss=\"softmax\"", "lr=5e-4",
+                                   "text_columns=[\"raw\",\"short\",\"long\",\"long_orders\"]"],
 }
 
 

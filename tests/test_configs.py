@@ -77,6 +77,7 @@ def test_the_demo_sides_differ_only_where_their_settings_say():
     for cfg in (flame, clip):
         assert (cfg.max_steps, cfg.batch_size, cfg.model.vision_width, cfg.model.vision_depth) == \
             (sizes.steps, sizes.batch_size, sizes.vision_width, sizes.vision_depth)
+    assert flame.model.vision_pool == clip.model.vision_pool  # a pooling lever is given to both or neither
     assert (flame.store, flame.model.text_tower, clip.captions, clip.model.text_tower) == \
         ("store", "llm", "captions.jsonl", "clip")
     assert (clip.model.clip_width, clip.model.clip_layers) == (sizes.clip_width, sizes.clip_layers)

@@ -335,6 +335,46 @@ def test_conv_stem_gives_the_patch_grid_and_survives_a_round_trip(tmp_path):
             llm_cfg(**bad).validate()
 
 
+def test_attention_pool_starts_as_the_mean_then_weighs_tokens_per_head(tmp_path):
+    torch.manual_seed(0)
+    model = FlameModel(llm_cfg(embed_dim=8, vision_pool="attention"))
+    x = images()
+    with torch.no_grad():
+        tokens = model.image_tokens(x)  # [B, N, 8]
+        # Zero-initialised scores: the reference's mean of the projected tokens, normalised.
+        mean = tokens.mean(dim=1)
+        assert torch.allclose(model.encode_image(x), mean / mean.norm(dim=-1, keepdim=True), atol=1e-6)
+        # Scores that single out one token per head: each slice of the embedding is that token's.
+        features = model.visual(x)
+        pick = [3, 7, 0, 12, 5, 9, 1, 15]  # a token index per head (8 heads of 1 dimension)
+        scores = torch.zeros(x.shape[0], N_PATCHES, 8)
+        for h, i in enumerate(pick):
+            scores[:, i, h] = 1e4  # scores far apart: softmax weights of 1 and 0
+
+        class Picked(torch.nn.Module):  # the scores as if each head's query had picked its token
+            def forward(self, f):
+                return scores
+
+        model.attn_pool.score = Picked()
+        pooled = model.attn_pool(features, tokens)
+    want = torch.stack([tokens[:, i, h] for h, i in enumerate(pick)], dim=1)
+    assert torch.allclose(pooled, want, atol=1e-5)
+    # Its parameters learn, and a checkpoint keeps the setting and the weights.
+    model = FlameModel(llm_cfg(embed_dim=8, vision_pool="attention"))
+    model.encode_image(x).pow(3).sum().backward()
+    assert model.attn_pool.score.weight.grad.abs().sum() > 0
+    model.save_pretrained(str(tmp_path / "a"))
+    loaded = FlameModel.from_pretrained(str(tmp_path / "a"))
+    assert loaded.cfg.vision_pool == "attention"
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(x), model.encode_image(x))
+    assert FlameModel(llm_cfg()).attn_pool is None  # the reference's mean has no pooling weights
+    with pytest.raises(ValueError, match="vision_pool"):
+        llm_cfg(vision_pool="max").validate()
+    with pytest.raises(ValueError, match="multiple"):
+        FlameModel(llm_cfg(embed_dim=10, vision_pool="attention"))
+
+
 @pytest.mark.parametrize("recorded, want", [("bfloat16", "bf16"), ("float32", "fp32"), (None, "fp32")])
 def test_queries_are_encoded_in_the_dtype_the_training_captions_were(recorded, want):
     from flameclip.inference import FlameCLIP

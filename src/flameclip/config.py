@@ -106,6 +106,9 @@ class ModelConfig:
     # "conv" (a stack of 3x3 stride-2 convolutions down to the same grid, Xiao et al. 2021, "Early
     # convolutions help transformers see better"): a small-data prior that costs little compute.
     vision_stem: str = "patch"
+    # The image embedding from the projected patch tokens: "mean" (the reference) or "attention",
+    # a weighted mean whose weights the image decides (per slice of the embedding; starts as the mean).
+    vision_pool: str = "mean"
     # name + fingerprint of the LLM that made the text embeddings; the LLM itself is never stored
     llm: dict = field(default_factory=dict)
 
@@ -134,6 +137,8 @@ class ModelConfig:
             raise ValueError(f"vision_stem must be \"patch\" or \"conv\", got {self.vision_stem!r}")
         if self.vision_stem == "conv" and (self.vision != "custom" or self.patch_size & (self.patch_size - 1)):
             raise ValueError("vision_stem=\"conv\" needs vision=\"custom\" and a power-of-two patch_size")
+        if self.vision_pool not in ("mean", "attention"):
+            raise ValueError(f"vision_pool must be \"mean\" or \"attention\", got {self.vision_pool!r}")
         from .vision.tower import check_vision_name
 
         try:

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .fileio import file_sha256, fsync_dir, fsync_file, tmp_name, write_tmp_bytes
-from .vision import TokenProjector, build_image_tower
+from .vision import AttentionPool, TokenProjector, build_image_tower
 
 # /2 records the sha256 of model.safetensors in config.json and checks it on load; /1 folders (no
 # digest) still load.
@@ -94,6 +94,7 @@ class FlameModel(nn.Module):
 
         self.visual = build_image_tower(cfg)
         self.projector = TokenProjector(self.visual.width, self.embed_dim)
+        self.attn_pool = AttentionPool(self.visual.width, self.embed_dim) if cfg.vision_pool == "attention" else None
 
         self.text_proj = None  # llm mode, optional Linear(D, E)
         self.text_adapter = None  # llm mode, optional residual MLP blocks on the frozen states
@@ -131,8 +132,13 @@ class FlameModel(nn.Module):
         return self.projector(self.visual(images))
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Image embedding [B, E]: the mean of the projected patch tokens, L2-normalised."""
-        return TokenProjector.pool(self.image_tokens(images), normalize=normalize)
+        """Image embedding [B, E]: the mean of the projected patch tokens (or their attention-pooled
+        mix, ``vision_pool="attention"``), L2-normalised."""
+        if self.attn_pool is None:
+            return TokenProjector.pool(self.image_tokens(images), normalize=normalize)
+        features = self.visual(images)
+        x = self.attn_pool(features, self.projector(features))
+        return F.normalize(x, dim=-1) if normalize else x
 
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         """Tower features [B, w] before the projector (mean of patch tokens), for linear probes."""
