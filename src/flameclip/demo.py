@@ -47,7 +47,7 @@ class DemoSizes:
 
 
 SIZES = {
-    # Chosen to fit in about 23 minutes of a 2-core CPU after installation (see BENCHMARKS.md), with
+    # Chosen to fit in about 20 minutes of a 2-core CPU after installation (see BENCHMARKS.md), with
     # training in bf16 where the CPU has bf16 arithmetic. 1,500 steps: on validation (two seeds, both
     # sides) FLAME's image tower knows a glyph by its English name at 41.0 R@1 against 29.0 at 1,000
     # steps, and CLIP gains too. Glyph cards (each glyph alone, named, in 8 drawings) teach the glyphs.
