@@ -9,6 +9,7 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
     python benchmarks/sweep_demo.py --demo runs/demo --side clip --only softmax-lr2e-3
     python benchmarks/sweep_demo.py --demo runs/demo --seed 1    # the same runs from another seed
     python benchmarks/sweep_demo.py --demo runs/demo --precision bf16  # trained in bf16 autocast
+    python benchmarks/sweep_demo.py --demo runs/demo --side flame --store runs/store-causal  # another store
 
 Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
 """
@@ -123,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the demo's)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="training arithmetic (bf16: autocast, the demo's on a CPU with bf16 arithmetic)")
+    ap.add_argument("--store", help="FLAME reads this store instead of the demo's (the same captions embedded "
+                                    "another way, e.g. `flameclip embed --route causal`); its name tags the runs")
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
     if args.steps:
         sizes = dataclasses.replace(sizes, steps=args.steps)
     data = demo / "data" / "train"
-    store, captions = store_dir(demo, DEMO_LLM), data / "captions.jsonl"
+    store, captions = Path(args.store) if args.store else store_dir(demo, DEMO_LLM), data / "captions.jsonl"
     if not store.exists():
         raise SystemExit(f"{store} not found: run `flameclip demo --out {demo}` (at least its embed step) first")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
@@ -153,6 +156,8 @@ def main(argv=None) -> int:
             run = run.with_name(f"{run.name}_steps{args.steps}")
         if args.precision != "fp32":
             run = run.with_name(f"{run.name}_{args.precision}")
+        if args.store and side == "flame":
+            run = run.with_name(f"{run.name}_store-{Path(args.store).name}")
         if not (run / "done.json").exists():
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
