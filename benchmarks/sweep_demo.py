@@ -139,7 +139,9 @@ def main(argv=None) -> int:
     data = demo / "data" / "train"
     store, captions = Path(args.store) if args.store else store_dir(demo, DEMO_LLM), data / "captions.jsonl"
     if not store.exists():
-        raise SystemExit(f"{store} not found: run `flameclip demo --out {demo}` (at least its embed step) first")
+        hint = "embed the demo's captions there with `flameclip embed`" if args.store else \
+            f"run `flameclip demo --out {demo}` (at least its embed step) first"
+        raise SystemExit(f"{store} not found: {hint}")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
     table = []
     # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
         if args.precision != "fp32":
             run = run.with_name(f"{run.name}_{args.precision}")
         if args.store and side == "flame":
-            run = run.with_name(f"{run.name}_store-{Path(args.store).name}")
+            run = run.with_name(f"{run.name}_store-{store.name}")
         if not (run / "done.json").exists():
             cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
