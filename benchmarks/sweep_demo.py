@@ -10,6 +10,11 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
     python benchmarks/sweep_demo.py --demo runs/demo --seed 1    # the same runs from another seed
     python benchmarks/sweep_demo.py --demo runs/demo --precision bf16  # trained in bf16 autocast
     python benchmarks/sweep_demo.py --demo runs/demo --side flame --store runs/store-causal  # another store
+    python benchmarks/sweep_demo.py --demo runs/demo-groups --without-groups  # its fit set less the groups
+
+A demo folder whose data has held-out hard-negative groups (``val_groups``; data/train/val_suite.toml)
+also scores every run there: text->image R@1 / R@5 and the group score (does a caption pick its own
+image among the scenes that differ from it only in the last-named object).
 
 Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
 """
@@ -75,6 +80,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool": sigmoid("5e-4", "model.text_whiten=0.75",
                                                                    "model.vision_stem=\"conv\"",
                                                                    "model.vision_pool=\"attention\""),
+    # A demo folder with hard-negative groups in its fit set: each group in one batch.
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
+        "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
+        "batch_groups=true"),
 }
 CLIP_ONLY = {
     "sigmoid-b3.5-lr1e-3 text-256x4": sigmoid("1e-3", "model.clip_width=256", "model.clip_layers=4"),
@@ -90,6 +99,8 @@ CLIP_ONLY = {
     # A demo folder whose captions have a second long column (each scene's objects in another
     # order): FLAME reads every stored column by default; CLIP is told to read it too.
     "softmax-lr5e-4 attn-pool": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\""],
+    "softmax-lr5e-4 attn-pool batch-groups": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\"",
+                                              "batch_groups=true"],
     "softmax-lr5e-4 long-orders": ["loss=\"softmax\"", "lr=5e-4",
                                    "text_columns=[\"raw\",\"short\",\"long\",\"long_orders\"]"],
 }
@@ -114,6 +125,28 @@ def score(curves: Path) -> dict:
     return out
 
 
+def hard_negative_scores(run: Path, suite: Path, text_cache: Path) -> dict:
+    """The final checkpoint on the held-out hard-negative groups: T2I R@1, R@5 and the group score, in %."""
+    from flameclip.checkpoints import CHECKPOINTS
+    from flameclip.evaluate.tasks import load_suite, run_suite
+    from flameclip.inference import load
+
+    last = sorted((run / CHECKPOINTS).glob("step-*"))[-1]
+    res = run_suite([("model", last, load(last, text_cache=str(text_cache), progress=False))], load_suite(suite))
+    m = res["results"][0]["metrics"]
+    return {"r1": round(100 * m["image_retrieval_recall@1"], 1), "r5": round(100 * m["image_retrieval_recall@5"], 1),
+            "group": round(100 * m["group_image_retrieval_acc"], 1)}
+
+
+def without_groups(fit: Path) -> Path:
+    """``fit`` less its hard-negative group records (written once beside it)."""
+    out = fit.with_name("fit-without-groups.jsonl")
+    if not out.exists():
+        lines = [ln for ln in fit.read_text(encoding="utf-8").splitlines() if '"group"' not in ln]
+        out.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", default="runs/demo")
@@ -126,6 +159,8 @@ def main(argv=None) -> int:
                     help="training arithmetic (bf16: autocast, the demo's on a CPU with bf16 arithmetic)")
     ap.add_argument("--store", help="FLAME reads this store instead of the demo's (the same captions embedded "
                                     "another way, e.g. `flameclip embed --route causal`); its name tags the runs")
+    ap.add_argument("--without-groups", action="store_true",
+                    help="train on the fit set less its hard-negative groups (data built with train_groups)")
     args = ap.parse_args(argv)
 
     from flameclip.config import load_config
@@ -138,6 +173,8 @@ def main(argv=None) -> int:
         sizes = dataclasses.replace(sizes, steps=args.steps)
     data = demo / "data" / "train"
     store, captions = Path(args.store) if args.store else store_dir(demo, DEMO_LLM), data / "captions.jsonl"
+    fit = without_groups(data / "fit.jsonl") if args.without_groups else data / "fit.jsonl"
+    suite = data / "val_suite.toml"
     if not store.exists():
         hint = "embed the demo's captions there with `flameclip embed`" if args.store else \
             f"run `flameclip demo --out {demo}` (at least its embed step) first"
@@ -160,8 +197,10 @@ def main(argv=None) -> int:
             run = run.with_name(f"{run.name}_{args.precision}")
         if args.store and side == "flame":
             run = run.with_name(f"{run.name}_store-{store.name}")
+        if args.without_groups:
+            run = run.with_name(f"{run.name}_without-groups")
         if not (run / "done.json").exists():
-            cfg = load_config(None, [f"train_manifest=\"{data / 'fit.jsonl'}\"",
+            cfg = load_config(None, [f"train_manifest=\"{fit}\"",
                                      f"val_manifest=\"{data / 'val.jsonl'}\"", f"eval_every={sizes.steps}",
                                      "eval_columns=[\"raw\",\"long\"]",
                                      *side_settings(side, sizes, store, captions), *overrides, f"seed={args.seed}"],
@@ -170,11 +209,15 @@ def main(argv=None) -> int:
             train(cfg, progress=False)
             (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))
         res = json.loads((run / "done.json").read_text())
+        if suite.exists() and "hard" not in res:
+            res["hard"] = hard_negative_scores(run, suite, demo / "text-cache")
+            (run / "done.json").write_text(json.dumps(res))
         table.append((side, name, res))
         print(f"{side:5s}  {name:42s}  score {res['score']:5.1f}  val raw R@1/R@5 {res['val/raw']['r1']:4.1f}/"
               f"{res['val/raw']['r5']:4.1f}  val long {res['val/long']['r1']:4.1f}/{res['val/long']['r5']:4.1f}  "
-              f"train long {res['train/long']['r1']:4.1f}/{res['train/long']['r5']:4.1f}  {res['seconds']:.0f} s",
-              flush=True)
+              f"train long {res['train/long']['r1']:4.1f}/{res['train/long']['r5']:4.1f}  {res['seconds']:.0f} s"
+              + (f"  val hard-neg R@1/R@5 {res['hard']['r1']:4.1f}/{res['hard']['r5']:4.1f} group {res['hard']['group']:4.1f}"
+                 if "hard" in res else ""), flush=True)
     n_val = sizes.n_val
     print(f"\nchance: R@1 {100 / n_val:.1f}, R@5 {500 / n_val:.1f} (held-out scenes: {n_val})")
     for side in sides:

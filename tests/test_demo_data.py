@@ -369,3 +369,32 @@ def test_glyph_cards_show_one_named_glyph_in_fresh_drawings_and_stay_out_of_vali
     assert [r for r in fit if not r["id"].startswith("card-")] == _jsonl(plain["fit_manifest"])
     with pytest.raises(ValueError, match="glyph_cards"):
         build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, glyph_cards=-1)
+
+
+def test_training_groups_differ_late_and_leave_every_other_set_unchanged(tmp_path, clip_tok):
+    sizes = {**TINY, "n_train": 20, "n_val": 4, "vocab_size": 30}
+    p = build_demo_data(tmp_path / "d", "cpu", seed=0, progress=False, **sizes, train_groups=3, val_groups=2)
+    fit, manifest = _jsonl(p["fit_manifest"]), _jsonl(p["train_manifest"])
+    grouped = [r for r in fit if "group" in r]
+    assert len(grouped) == 3 * TINY["group_size"] and len({r["group"] for r in grouped}) == 3
+    assert sorted(r["id"] for r in fit + _jsonl(p["val_manifest"])) == sorted(r["id"] for r in manifest)
+    caps = {r["id"]: r for r in _jsonl(p["train_captions"])}
+    for g in {r["group"] for r in grouped}:
+        longs = [caps[r["id"]]["long"] for r in grouped if r["group"] == g]
+        assert len(set(longs)) == len(longs)  # every scene of a group has its own caption...
+        ids = [clip_tok(t)[0] for t in longs]  # ...but one text for CLIP's 77 tokens
+        assert all(np.array_equal(ids[0], x) for x in ids[1:])
+    # Held-out groups: a retrieval task in the evaluation format, images under train/.
+    rows = _jsonl(p["val_groups"])
+    assert len(rows) == 2 * TINY["group_size"] and {r["group"] for r in rows} == {0, 1}
+    assert all((Path(p["val_groups"]).parent / r["image"]).is_file() for r in rows)
+    assert not {r["caption"] for r in rows} & {c["long"] for c in caps.values()}
+    spec = tomllib.loads(Path(p["val_suite"]).read_text())["task"][0]
+    assert spec["path"] == "val_groups.jsonl" and spec["mode"] == "long7"
+    # The evaluation sets and the plain scenes are those of the build without groups.
+    plain = build_demo_data(tmp_path / "plain", "cpu", seed=0, progress=False, **sizes)
+    assert _files(tmp_path / "plain" / "eval") == _files(tmp_path / "d" / "eval")
+    assert [r for r in fit if "group" not in r] == _jsonl(plain["fit_manifest"])
+    assert not Path(plain["val_groups"]).exists()
+    with pytest.raises(ValueError, match="train_groups"):
+        build_demo_data(tmp_path / "c", "cpu", progress=False, **TINY, val_groups=-1)

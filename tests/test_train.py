@@ -1,6 +1,7 @@
 """The training loop on real images and a real SmolLM2 store: learning, resume, torchrun, baseline."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -338,3 +339,34 @@ def test_train_leaves_the_callers_config_as_given(data, tmp_path):
     assert cfg.to_dict() == before
     saved = FlameModel.from_pretrained(str(res.checkpoint)).cfg
     assert saved.text_dim != 7 and saved.llm and saved.text_facets  # the run itself did fill them in
+
+
+def test_sampler_keeps_groups_in_one_batch_and_singletons_shuffle_as_before():
+    plain = list(EpochBatchSampler(20, 8, epoch=0, seed=3))
+    assert list(EpochBatchSampler(20, 8, epoch=0, seed=3, units=[[i] for i in range(20)])) == plain
+    units = [[0, 5, 9, 13], [1, 2, 3, 4]] + [[i] for i in range(20) if i not in (0, 5, 9, 13, 1, 2, 3, 4)]
+    for epoch in range(6):
+        flat = [i for _, i in (k for b in EpochBatchSampler(20, 20, epoch=epoch, seed=3, units=units) for k in b)]
+        for u in units[:2]:  # one global batch per epoch: each group's members follow one another
+            at = flat.index(u[0])
+            assert flat[at:at + 4] == u
+    # Two processes still split each global batch of the one-process run.
+    one = list(EpochBatchSampler(20, 8, epoch=1, seed=3, units=units))
+    halves = [list(EpochBatchSampler(20, 4, epoch=1, seed=3, rank=r, world_size=2, units=units)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == one and one != plain
+    with pytest.raises(ValueError, match="exactly once"):
+        EpochBatchSampler(4, 2, epoch=0, units=[[0, 1], [1, 2, 3]])
+
+
+def test_group_units_follow_the_manifest_group_column(tmp_path):
+    from flameclip.data.images import read_image_manifest
+    from flameclip.train import group_units
+
+    m = tmp_path / "m.jsonl"
+    rows = [{"id": "a", "image": "a.png", "group": "g1"}, {"id": "b", "image": "b.png"},
+            {"id": "c", "image": "c.png", "group": "g1"}, {"id": "d", "image": "d.png", "group": 7}]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert group_units(read_image_manifest(m)) == [[0, 2], [1], [3]]
+    m.write_text(json.dumps({"id": "a", "image": "a.png", "group": [1]}) + "\n")
+    with pytest.raises(DataError, match="'group' must be a string"):
+        read_image_manifest(m)

@@ -190,6 +190,9 @@ class TrainConfig:
     # optimisation
     batch_size: int = 64  # per process
     grad_accum: int = 1  # micro-batches per optimiser step (negatives stay within a micro-batch)
+    # Keep the records of a manifest group (its "group" column) in one batch, so that scenes which
+    # differ in one detail are each other's negatives (hard negatives); records without one shuffle alone.
+    batch_groups: bool = False
     epochs: int = 1
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs)
     lr: float = 5e-4

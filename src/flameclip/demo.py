@@ -44,6 +44,8 @@ class DemoSizes:
     train_views: int = 0  # extra drawings of each fit scene, glyphs moved within their cells
     glyph_cards: int = 0  # records per vocabulary glyph of the glyph alone, captioned by its name only
     card_views: int = 0  # extra drawings of each glyph card (training draws one per epoch)
+    train_groups: int = 0  # groups of scenes that differ only in their last-named object, batched together
+    val_groups: int = 0  # held-out groups of the same kind (train/val_suite.toml), for choosing settings
 
 
 SIZES = {
@@ -51,8 +53,10 @@ SIZES = {
     # training in bf16 where the CPU has bf16 arithmetic. 1,500 steps: on validation (two seeds, both
     # sides) FLAME's image tower knows a glyph by its English name at 41.0 R@1 against 29.0 at 1,000
     # steps, and CLIP gains too. Glyph cards (each glyph alone, named, in 8 drawings) teach the glyphs.
+    # 40 held-out hard-negative groups (drawn only: no LLM time) are the validation twin of the
+    # evaluation's hard negatives, which benchmarks/sweep_demo.py scores every run on.
     "cpu": DemoSizes(n_train=1100, n_val=150, steps=1500, batch_size=32, vision_width=192, vision_depth=4,
-                     vision_heads=3, eval_every=100, glyph_cards=2, card_views=7),
+                     vision_heads=3, eval_every=100, glyph_cards=2, card_views=7, val_groups=40),
     # For a GPU: more data and a deeper tower.
     "gpu": DemoSizes(n_train=20000, n_val=1000, steps=1500, batch_size=256, vision_width=384, vision_depth=12,
                      vision_heads=6, eval_every=150),
@@ -131,7 +135,8 @@ def data_kwargs(scale: str) -> dict:
     sizes = SIZES[scale]
     kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "n_val": sizes.n_val,
           "sparse_percent": sizes.sparse_percent, "train_views": sizes.train_views, "image_size": sizes.image_size,
-          "glyph_cards": sizes.glyph_cards, "card_views": sizes.card_views}
+          "glyph_cards": sizes.glyph_cards, "card_views": sizes.card_views, "train_groups": sizes.train_groups,
+          "val_groups": sizes.val_groups}
     if scale == "tiny":
         kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,
                   fashion_train=40, fashion_test=20)

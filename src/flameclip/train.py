@@ -137,13 +137,27 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
     return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
 
 
+def group_units(records) -> list[list[int]]:
+    """Indices of records by group, in order of first appearance; a record without a group alone."""
+    units, where = [], {}
+    for i, r in enumerate(records):
+        if not r.group:
+            units.append([i])
+        elif r.group in where:
+            units[where[r.group]].append(i)
+        else:
+            where[r.group] = len(units)
+            units.append([i])
+    return units
+
+
 def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_epoch: int):
     """One loader from ``step`` to ``total``: its workers start once, not once per epoch."""
     batches = steps_per_epoch * cfg.grad_accum  # each epoch's batches; any rest of the permutation is dropped
     epoch, end_epoch = step // steps_per_epoch, -(-total // steps_per_epoch)
     sampler = EpochBatchSampler(len(ds), cfg.batch_size, epoch, cfg.seed, d.rank, d.world_size,
                                 start_batch=(step % steps_per_epoch) * cfg.grad_accum, epochs=end_epoch - epoch,
-                                batches_per_epoch=batches)
+                                batches_per_epoch=batches, units=group_units(ds.records) if cfg.batch_groups else None)
     workers = default_workers() if cfg.workers < 0 else cfg.workers
     # Its own generator: a loader draws its workers' base seed, and from the global generator that
     # draw would shift what the training step draws from it (drop path) between runs and resumes.

@@ -41,6 +41,9 @@ class ImageRecord:
     # Other image files of the same sample, each as true to its captions as ``path`` (other
     # drawings or photos of one scene); training picks one of path + views per epoch.
     views: tuple[str, ...] = ()
+    # Records that share a group (e.g. scenes that differ in one detail) can be batched together
+    # (``batch_groups``), so that each is a negative of the others; "" is a group of its own.
+    group: str = ""
 
 
 def sample_key(member: str) -> tuple[str, str]:
@@ -104,11 +107,13 @@ def read_images(source: str, image_root: str | None = None) -> list[ImageRecord]
 
 
 def read_image_manifest(path: str | Path, image_root: str | Path | None = None, id_column: str = "id",
-                        image_column: str = "image", views_column: str = "views") -> list[ImageRecord]:
+                        image_column: str = "image", views_column: str = "views",
+                        group_column: str = "group") -> list[ImageRecord]:
     """(id, image path) per record; relative paths are taken from ``image_root`` or the manifest's folder.
 
     An optional ``views`` column lists more images of the same sample (a list, or paths joined by
-    "|" in a CSV); training draws one of the image and its views per epoch.
+    "|" in a CSV); training draws one of the image and its views per epoch. An optional ``group``
+    column (a string) names records that ``batch_groups`` keeps in one batch.
     """
     path = Path(path)
     if not path.exists():
@@ -129,8 +134,11 @@ def read_image_manifest(path: str | Path, image_root: str | Path | None = None, 
                 views = [v for v in views.split("|") if v]
             if not isinstance(views, (list, tuple)) or not all(isinstance(v, str) and v for v in views):
                 raise DataError(f"{path}: record {n} ('{sid}'): '{views_column}' must be a list of image paths")
+            group = rec.get(group_column)
+            if group is not None and not isinstance(group, (str, int)):
+                raise DataError(f"{path}: record {n} ('{sid}'): '{group_column}' must be a string, not {group!r}")
             full = [str(q if q.is_absolute() else root / q) for q in map(Path, [str(img), *views])]
-            out.append(ImageRecord(sid, full[0], views=tuple(full[1:])))
+            out.append(ImageRecord(sid, full[0], views=tuple(full[1:]), group="" if group is None else str(group)))
     except CaptionsFileError as e:
         raise DataError(str(e)) from None
     if not out:
@@ -261,10 +269,19 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     dropped, and so is any batch past ``batches_per_epoch``. ``epochs`` epochs follow one another,
     so one loader (and one set of workers) serves a whole run: a sample depends only on its key,
     never on which worker made it.
+
+    ``units`` (lists of indices covering 0..n-1 once) are permuted instead of single indices and
+    then laid end to end, so the indices of a unit follow one another and share a batch unless a
+    batch boundary falls inside the unit. Without it every index is its own unit, and the
+    permutation is the same as with ``n`` singletons.
     """
 
     def __init__(self, n: int, batch_size: int, epoch: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0, epochs: int = 1, batches_per_epoch: int | None = None):
+                 start_batch: int = 0, epochs: int = 1, batches_per_epoch: int | None = None,
+                 units: list[list[int]] | None = None):
+        if units is not None and sorted(i for u in units for i in u) != list(range(n)):
+            raise ValueError(f"units must hold every index 0..{n - 1} exactly once")
+        self.units = units
         self.n, self.batch_size, self.epoch, self.seed = n, batch_size, epoch, seed
         self.rank, self.world_size, self.start_batch, self.epochs = rank, world_size, start_batch, epochs
         full = n // self.global_batch
@@ -280,7 +297,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         for epoch in range(self.epoch, self.epoch + self.epochs):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            perm = torch.randperm(self.n, generator=g).tolist()
+            if self.units is None:
+                perm = torch.randperm(self.n, generator=g).tolist()
+            else:
+                perm = [i for u in torch.randperm(len(self.units), generator=g).tolist() for i in self.units[u]]
             for b in range(self.start_batch if epoch == self.epoch else 0, self.per_epoch):
                 lo = b * self.global_batch + self.rank * self.batch_size
                 yield [(epoch, i) for i in perm[lo : lo + self.batch_size]]

@@ -10,6 +10,10 @@ writes, under the root::
                         fit.jsonl also holds the glyph cards (glyph_cards per vocabulary glyph: the glyph
                         alone in 1 + card_views drawings, captioned by its name only), spread through it
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
+                        with train_groups: groups of group_size scenes that differ only in their last-named
+                        object (as the hard negatives below), in fit.jsonl with a "group" column
+    train/val_groups.jsonl, train/val_suite.toml  with val_groups: held-out groups of the same kind,
+                        captioned like the training scenes, as a retrieval task for choosing settings
     eval/long_retrieval.jsonl   long captions; groups of hard negatives that differ late in the text
     eval/novel_retrieval.jsonl  the same kind of groups, captioned by another writer (rephrase.py):
                                 words and sentence structures that no training caption uses
@@ -54,7 +58,7 @@ from .scenes import (
     sample_scene,
     short_caption,
 )
-from .suite import SUITE_TOML, fashion_mnist_tasks
+from .suite import SUITE_TOML, VAL_SUITE_TOML, fashion_mnist_tasks
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
 BUILD_VERSION = 2
@@ -63,10 +67,10 @@ BUILD_VERSION = 2
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
     "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, train_views=0,
-                glyph_cards=0, card_views=0, long_groups=50, group_size=4, n_short=200,
+                glyph_cards=0, card_views=0, train_groups=0, val_groups=0, long_groups=50, group_size=4, n_short=200,
                 n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
     "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, train_views=0,
-                glyph_cards=0, card_views=0, long_groups=500, group_size=4, n_short=2000,
+                glyph_cards=0, card_views=0, train_groups=0, val_groups=0, long_groups=500, group_size=4, n_short=2000,
                 n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
 
@@ -75,13 +79,15 @@ SCALES = {
 FASHION_SIZES = ("fashion_train", "fashion_test")
 
 # Part of every image's seed, so that the splits never share a random stream.
-SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS, SPLIT_CARDS = range(8)
+(SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS, SPLIT_CARDS,
+ SPLIT_TRAIN_GROUPS, SPLIT_VAL_GROUPS) = range(10)
 
 
 
 # Where each part of the demo's data lives: the training set's files, then the evaluation sets'.
 TRAIN_FILES = {"train_images": "images", "train_manifest": "manifest.jsonl", "fit_manifest": "fit.jsonl",
-               "val_manifest": "val.jsonl", "train_captions": "captions.jsonl", "train_scenes": "scenes.jsonl"}
+               "val_manifest": "val.jsonl", "train_captions": "captions.jsonl", "train_scenes": "scenes.jsonl",
+               "val_groups": "val_groups.jsonl", "val_suite": "val_suite.toml"}
 EVAL_FILES = {"long_retrieval": "long_retrieval.jsonl", "novel_retrieval": "novel_retrieval.jsonl",
               "short_retrieval": "short_retrieval.jsonl", "zeroshot": "zeroshot",
               "multilingual": "multilingual.jsonl", "suite": "suite.toml"}
@@ -151,6 +157,8 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise ValueError("n_classes and n_multilingual are drawn from the vocabulary: keep them <= vocab_size")
     if not 0 <= params["sparse_percent"] <= 100:
         raise ValueError(f"sparse_percent must be in 0..100, not {params['sparse_percent']}")
+    if params["train_groups"] < 0 or params["val_groups"] < 0:
+        raise ValueError("train_groups and val_groups must be >= 0 (groups of hard negatives)")
     if params["glyph_cards"] < 0 or params["card_views"] < 0:
         raise ValueError("glyph_cards and card_views must be >= 0 (records per glyph, extra drawings per record)")
     if params["train_views"] < 0:
@@ -171,7 +179,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
                     n_val: int | None = None, sparse_percent: int | None = None, train_views: int | None = None,
                     glyph_cards: int | None = None, card_views: int | None = None,
-                    long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
+                    train_groups: int | None = None, val_groups: int | None = None, long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
                     n_multilingual: int | None = None, fashion_train: int | None = None,
                     fashion_test: int | None = None) -> dict[str, Path]:
@@ -187,7 +195,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     root = Path(root)
     params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train, n_val=n_val,
                             sparse_percent=sparse_percent, train_views=train_views, glyph_cards=glyph_cards,
-                            card_views=card_views,
+                            card_views=card_views, train_groups=train_groups, val_groups=val_groups,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
                             per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
                             fashion_test=fashion_test)
@@ -229,7 +237,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 def _build(out: Path, p: dict, progress: bool) -> dict:
     seed, S, gs = p["seed"], p["image_size"], p["group_size"]
     vocab = G.vocabulary(p["vocab_size"])
-    total = (p["n_train"] + len(vocab) * p["glyph_cards"] * (1 + p["card_views"]) + 2 * p["long_groups"] * gs
+    total = (p["n_train"] + len(vocab) * p["glyph_cards"] * (1 + p["card_views"])
+             + (2 * p["long_groups"] + p["train_groups"] + p["val_groups"]) * gs
              + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"])
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
     writer = _Writer()
@@ -273,18 +282,38 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
 
     cards = glyph_cards(vocab, p["glyph_cards"], p["card_views"], draw_card, caps, scenes)
     manifest += cards
-    _write_jsonl(train / "manifest.jsonl", manifest)
-    _write_jsonl(train / "fit.jsonl", interleave(fit, cards))
-    _write_jsonl(train / "val.jsonl", val)
-    _write_jsonl(train / "captions.jsonl", caps)
-    _write_jsonl(train / "scenes.jsonl", scenes)
 
     # Long-caption retrieval with hard negatives: each group differs only in its last-named object.
     # The novel set is built the same way from its own seeds and captioned by the other writer.
-    long_rows = _hard_negative_groups(writer, ev, "long", seed, SPLIT_LONG, p, vocab, bar, long_caption)
+    long_rows, _ = _hard_negative_groups(writer, ev, "long", seed, SPLIT_LONG, p, p["long_groups"], vocab, bar,
+                                         long_caption)
     _write_jsonl(ev / "long_retrieval.jsonl", long_rows)
-    novel_rows = _hard_negative_groups(writer, ev, "novel", seed, SPLIT_NOVEL, p, vocab, bar, novel_long_caption)
+    novel_rows, _ = _hard_negative_groups(writer, ev, "novel", seed, SPLIT_NOVEL, p, p["long_groups"], vocab, bar,
+                                          novel_long_caption)
     _write_jsonl(ev / "novel_retrieval.jsonl", novel_rows)
+
+    # Groups of the same kind for training (drawn after the evaluation sets, which they never
+    # change): in one batch (``batch_groups``) each scene is a negative of the others, which differ
+    # from it only past the first 75 CLIP tokens. Held-out groups make a validation retrieval task.
+    group_rows, group_scenes = _hard_negative_groups(writer, train, "groups", seed, SPLIT_TRAIN_GROUPS, p,
+                                                     p["train_groups"], vocab, bar, long_caption)
+    grouped = []
+    for row, scene in zip(group_rows, group_scenes):
+        sid = Path(row["image"]).stem
+        grouped.append({"id": sid, "image": row["image"], "group": f"group-{row['group']:05d}"})
+        caps.append({"id": sid, **captions(scene)})
+        scenes.append({"id": sid, **scene.to_json()})
+    manifest += grouped
+    if p["val_groups"]:
+        val_rows, _ = _hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p, p["val_groups"],
+                                            vocab, bar, long_caption)
+        _write_jsonl(train / "val_groups.jsonl", val_rows)
+        (train / "val_suite.toml").write_text(VAL_SUITE_TOML, encoding="utf-8")
+    _write_jsonl(train / "manifest.jsonl", manifest)
+    _write_jsonl(train / "fit.jsonl", interleave(interleave(fit, cards), grouped) if grouped else interleave(fit, cards))
+    _write_jsonl(train / "val.jsonl", val)
+    _write_jsonl(train / "captions.jsonl", caps)
+    _write_jsonl(train / "scenes.jsonl", scenes)
 
     # Short-caption retrieval: ordinary scenes, captioned in one sentence.
     short_rows = []
@@ -326,6 +355,8 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     return {
         "train_images": len(manifest),
         "glyph_cards": len(cards),
+        "train_groups": {"images": len(grouped), "groups": p["train_groups"]},
+        "val_groups": {"images": p["val_groups"] * gs, "groups": p["val_groups"]},
         "held_out_for_validation": p["n_val"],
         "long_retrieval": {"images": len(long_rows), "groups": p["long_groups"]},
         "novel_retrieval": {"images": len(novel_rows), "groups": p["long_groups"]},
@@ -336,16 +367,18 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     }
 
 
-def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, vocab, bar,
-                          caption) -> list[dict]:
-    """``long_groups`` groups of hard negatives, new images only, captioned by ``caption(scene)``.
+def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, count: int, vocab,
+                          bar, caption) -> tuple[list[dict], list]:
+    """``count`` groups of hard negatives, new images only, captioned by ``caption(scene)``: rows and scenes.
 
     A group is kept only when its captions share more than CLIP's 75 text tokens, so that a text
-    tower cut at 77 tokens sees one text for the whole group.
+    tower cut at 77 tokens sees one text for the whole group. Images go to ``ev/kind/``.
     """
-    rows = []
+    rows, scenes = [], []
     S, gs = p["image_size"], p["group_size"]
-    for g in range(p["long_groups"]):
+    if count:
+        (ev / kind).mkdir(parents=True, exist_ok=True)
+    for g in range(count):
         for attempt in range(100):
             rng = np.random.default_rng([seed, split, g, attempt])
             group = sample_hard_negative_group(rng, vocab, S, gs)
@@ -359,12 +392,13 @@ def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split
                 break
         else:
             raise RuntimeError(f"could not draw {kind} hard-negative group {g} with new images")
-        for k, ((_, change), im, text) in enumerate(zip(group, images, texts)):
+        for k, ((scene, change), im, text) in enumerate(zip(group, images, texts)):
             name = f"{kind}/{kind}-{g:05d}-{k}.png"
             writer.save(im, ev / name)
             rows.append({"image": name, "caption": text, "group": g, "change": change})
+            scenes.append(scene)
             bar.update()
-    return rows
+    return rows, scenes
 
 
 def _scene_and_image(rng, vocab, size, max_glyphs: int = 9):

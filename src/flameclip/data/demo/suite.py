@@ -46,6 +46,16 @@ name = "emoji-names"
 path = "multilingual.jsonl"
 """
 
+# The validation split's hard negatives (train/val_suite.toml, with val_groups): scenes held out of
+# training, in groups that differ only in their last-named object, for choosing settings.
+VAL_SUITE_TOML = """\
+[[task]]
+task = "retrieval"
+name = "val-hard-negatives"
+path = "val_groups.jsonl"
+mode = "long7"
+"""
+
 
 def fashion_mnist_tasks(paths: dict[str, Path], params: dict, progress: bool) -> str:
     """Build the Fashion-MNIST subset when the files are there; its suite tables, or "" without it."""
