@@ -80,6 +80,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool": sigmoid("5e-4", "model.text_whiten=0.75",
                                                                    "model.vision_stem=\"conv\"",
                                                                    "model.vision_pool=\"attention\""),
+    # Positives drawn column by column (raw, short, long alike) instead of uniformly over the 11 rows.
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns": sigmoid(
+        "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
+        "positive_draw=\"columns\""),
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",

@@ -178,6 +178,11 @@ class TrainConfig:
     captions: str = ""  # captions file (CLIP baseline: its text tower reads raw text)
     text_columns: list[str] = field(default_factory=list)  # store/caption columns to draw positives from (all if empty)
     positives: int = 6  # P positives per image per step (the reference draws 6 of 11 rows)
+    # How the P positives are drawn from the stored rows: "rows", uniformly over all rows (the
+    # reference; a column with 7 facets outweighs one with 1), or "columns", each positive from a
+    # column drawn uniformly, then a row of it (every caption column weighs alike, as the CLIP
+    # baseline draws its one caption).
+    positive_draw: str = "rows"
     val_manifest: str = ""  # optional held-out manifest for the periodic evaluation (learning curves)
     eval_columns: list[str] = field(default_factory=list)  # caption columns scored in curves.csv (default: all trained on)
     eval_images: int = 200  # images per recall set (training and held-out) in curves.csv
@@ -361,6 +366,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError("settings 'weight_decay' and 'grad_clip' must be >= 0 and 'min_lr_ratio' in [0, 1]")
     from .losses import LOSSES
 
+    if cfg.positive_draw not in ("rows", "columns"):
+        raise ValueError(f"setting 'positive_draw' must be \"rows\" or \"columns\", got {cfg.positive_draw!r}")
     if cfg.loss not in LOSSES:
         raise ValueError(f"setting 'loss' must be one of {', '.join(sorted(LOSSES))}, got {cfg.loss!r}")
     try:

@@ -117,7 +117,7 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
             raise DataError(f"{cfg.store} was embedded by another LLM than this model's ({cfg.model.llm.get('llm')})")
         if centering is not None:
             store = CenteredStore(store, *centering)
-        text = StoreText(store, cfg.positives, cfg.text_columns or None)
+        text = StoreText(store, cfg.positives, cfg.text_columns or None, draw=cfg.positive_draw)
     else:
         if not cfg.captions:
             raise DataError("the CLIP baseline needs `captions` (the captions file) for its text tower")

@@ -153,13 +153,14 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 class StoreText:
     """P positives per image drawn from its stored rows (FLAME)."""
 
-    def __init__(self, store, positives: int, columns: list[str] | None = None):
-        self.store, self.positives = store, positives
+    def __init__(self, store, positives: int, columns: list[str] | None = None, draw: str = "rows"):
+        self.store, self.positives, self.draw = store, positives, draw
         cols = columns or list(store.columns)
         unknown = [c for c in cols if c not in store.columns]
         if unknown:
             raise DataError(f"store has no column(s) {unknown}; it has {list(store.columns)}")
-        self.rows = np.concatenate([np.arange(*store.columns[c]) for c in cols])
+        self.column_rows = [np.arange(*store.columns[c]) for c in cols]
+        self.rows = np.concatenate(self.column_rows)
 
     def has(self, sid: str) -> bool:
         return sid in self.store
@@ -174,9 +175,16 @@ class StoreText:
             )
 
     def __call__(self, sid: str, rng: np.random.Generator) -> torch.Tensor:
-        # Without replacement when possible: distinct facets are distinct positives.
-        pick = rng.choice(self.rows, size=self.positives, replace=self.positives > len(self.rows))
-        return torch.from_numpy(self.store.get(sid)[pick])
+        return torch.from_numpy(self.store.get(sid)[self.pick(rng)])
+
+    def pick(self, rng: np.random.Generator) -> np.ndarray:
+        """The P row indices of one sample. Without replacement when possible: distinct facets are distinct positives."""
+        if self.draw == "rows":
+            return rng.choice(self.rows, size=self.positives, replace=self.positives > len(self.rows))
+        # "columns": how many positives each column gets, then that many of its rows.
+        counts = np.bincount(rng.integers(len(self.column_rows), size=self.positives), minlength=len(self.column_rows))
+        return np.concatenate([rng.choice(rows, size=k, replace=k > len(rows))
+                               for rows, k in zip(self.column_rows, counts) if k])
 
 
 class CaptionTokens:
