@@ -360,7 +360,7 @@ def test_sampler_keeps_groups_in_one_batch_and_singletons_shuffle_as_before():
 
 def test_group_units_follow_the_manifest_group_column(tmp_path):
     from flameclip.data.images import read_image_manifest
-    from flameclip.train import group_units
+    from flameclip.data.images import group_units
 
     m = tmp_path / "m.jsonl"
     rows = [{"id": "a", "image": "a.png", "group": "g1"}, {"id": "b", "image": "b.png"},

@@ -178,10 +178,8 @@ class TrainConfig:
     captions: str = ""  # captions file (CLIP baseline: its text tower reads raw text)
     text_columns: list[str] = field(default_factory=list)  # store/caption columns to draw positives from (all if empty)
     positives: int = 6  # P positives per image per step (the reference draws 6 of 11 rows)
-    # How the P positives are drawn from the stored rows: "rows", uniformly over all rows (the
-    # reference; a column with 7 facets outweighs one with 1), or "columns", each positive from a
-    # column drawn uniformly, then a row of it (every caption column weighs alike, as the CLIP
-    # baseline draws its one caption).
+    # "rows": positives uniform over all rows (the reference; 7 facets outweigh 1 row); "columns":
+    # each from a column drawn uniformly, then a row of it (columns weigh alike, as CLIP's caption).
     positive_draw: str = "rows"
     val_manifest: str = ""  # optional held-out manifest for the periodic evaluation (learning curves)
     eval_columns: list[str] = field(default_factory=list)  # caption columns scored in curves.csv (default: all trained on)

@@ -40,6 +40,7 @@ from .data.images import (
     EpochBatchSampler,
     ImageTextDataset,
     StoreText,
+    group_units,
     collate,
     default_workers,
     read_images,
@@ -135,20 +136,6 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
         records = kept
     tf = train_transform(cfg.model.image_size) if train else eval_transform(cfg.model.image_size)
     return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
-
-
-def group_units(records) -> list[list[int]]:
-    """Indices of records by group, in order of first appearance; a record without a group alone."""
-    units, where = [], {}
-    for i, r in enumerate(records):
-        if not r.group:
-            units.append([i])
-        elif r.group in where:
-            units[where[r.group]].append(i)
-        else:
-            where[r.group] = len(units)
-            units.append([i])
-    return units
 
 
 def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_epoch: int):

@@ -268,6 +268,20 @@ def collate(batch):
     return images, texts, bad
 
 
+def group_units(records) -> list[list[int]]:
+    """Indices of records by group, in order of first appearance; a record without a group alone."""
+    units, where = [], {}
+    for i, r in enumerate(records):
+        if not r.group:
+            units.append([i])
+        elif r.group in where:
+            units[where[r.group]].append(i)
+        else:
+            where[r.group] = len(units)
+            units.append([i])
+    return units
+
+
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Yields this rank's share of each global batch, as lists of ``(epoch, index)`` keys.
 

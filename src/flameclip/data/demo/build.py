@@ -53,6 +53,7 @@ from .scenes import (
     clip_pieces,
     jitter_view,
     long_caption,
+    random_scene,
     render_scene,
     sample_hard_negative_group,
     sample_scene,
@@ -256,7 +257,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     for i in range(p["n_train"]):
         sparse = (i * p["sparse_percent"]) // 100 != ((i + 1) * p["sparse_percent"]) // 100
         scene, im = _draw_unique(writer, seed, SPLIT_TRAIN, (i,),
-                                 lambda rng: _scene_and_image(rng, vocab, S, max_glyphs=3 if sparse else 9))
+                                 lambda rng: random_scene(rng, vocab, S, max_glyphs=3 if sparse else 9))
         sid = f"train-{i:06d}"
         writer.save(im, train / "images" / f"{sid}.png")
         record = {"id": sid, "image": f"images/{sid}.png"}
@@ -318,7 +319,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     # Short-caption retrieval: ordinary scenes, captioned in one sentence.
     short_rows = []
     for i in range(p["n_short"]):
-        scene, im = _draw_unique(writer, seed, SPLIT_SHORT, (i,), lambda rng: _scene_and_image(rng, vocab, S))
+        scene, im = _draw_unique(writer, seed, SPLIT_SHORT, (i,), lambda rng: random_scene(rng, vocab, S))
         name = f"short/short-{i:05d}.png"
         writer.save(im, ev / name)
         short_rows.append({"image": name, "caption": short_caption(scene)})
@@ -400,7 +401,3 @@ def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split
             bar.update()
     return rows, scenes
 
-
-def _scene_and_image(rng, vocab, size, max_glyphs: int = 9):
-    scene = sample_scene(rng, vocab, size, n=int(rng.integers(1, max_glyphs + 1)))
-    return scene, render_scene(scene)

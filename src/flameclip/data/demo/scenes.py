@@ -237,6 +237,12 @@ def render_scene(scene: Scene) -> Image.Image:
     return canvas.convert("RGB")
 
 
+def random_scene(rng: np.random.Generator, vocab: list[Glyph], size: int, max_glyphs: int = 9):
+    """A scene of 1 to ``max_glyphs`` glyphs and its image."""
+    scene = sample_scene(rng, vocab, size, n=int(rng.integers(1, max_glyphs + 1)))
+    return scene, render_scene(scene)
+
+
 # ------------------------------------------------------------------ captions
 
 def article(phrase: str) -> str:
