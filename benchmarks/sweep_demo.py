@@ -14,7 +14,8 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
 
 A demo folder whose data has held-out hard-negative groups (``val_groups``; data/train/val_suite.toml)
 also scores every run there: text->image R@1 / R@5 and the group score (does a caption pick its own
-image among the scenes that differ from it only in the last-named object).
+image among the scenes that differ from it only in the last-named object), with the training
+captions' phrasing and, where the data has it, with the other writer's (unseen phrasing).
 
 Each run is a folder under <demo>/sweep/; finished runs are read back, not retrained.
 """
@@ -84,6 +85,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
         "positive_draw=\"columns\""),
+    # The short captions' share of the positives doubled (raw 1/4, short 1/2, long 1/4; CLIP likewise).
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns short-x2": sigmoid(
+        "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
+        "positive_draw=\"columns\"", "column_weights=[1.0,2.0,1.0]"),
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
@@ -105,6 +110,8 @@ CLIP_ONLY = {
     "softmax-lr5e-4 attn-pool": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\""],
     "softmax-lr5e-4 attn-pool batch-groups": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\"",
                                               "batch_groups=true"],
+    "softmax-lr5e-4 attn-pool short-x2": ["loss=\"softmax\"", "lr=5e-4", "model.vision_pool=\"attention\"",
+                                          "column_weights=[1.0,2.0,1.0]"],
     "softmax-lr5e-4 long-orders": ["loss=\"softmax\"", "lr=5e-4",
                                    "text_columns=[\"raw\",\"short\",\"long\",\"long_orders\"]"],
 }
@@ -137,9 +144,13 @@ def hard_negative_scores(run: Path, suite: Path, text_cache: Path) -> dict:
 
     last = sorted((run / CHECKPOINTS).glob("step-*"))[-1]
     res = run_suite([("model", last, load(last, text_cache=str(text_cache), progress=False))], load_suite(suite))
-    m = res["results"][0]["metrics"]
-    return {"r1": round(100 * m["image_retrieval_recall@1"], 1), "r5": round(100 * m["image_retrieval_recall@5"], 1),
+    out = {}
+    for row in res["results"]:
+        m = row["metrics"]
+        out["novel" if row["dataset"] == "val-novel-phrasing" else "hard"] = {
+            "r1": round(100 * m["image_retrieval_recall@1"], 1), "r5": round(100 * m["image_retrieval_recall@5"], 1),
             "group": round(100 * m["group_image_retrieval_acc"], 1)}
+    return out
 
 
 def without_groups(fit: Path) -> Path:
@@ -213,15 +224,17 @@ def main(argv=None) -> int:
             train(cfg, progress=False)
             (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))
         res = json.loads((run / "done.json").read_text())
-        if suite.exists() and "hard" not in res:
-            res["hard"] = hard_negative_scores(run, suite, demo / "text-cache")
+        if suite.exists() and ("hard" not in res or ("novel" not in res and "val_groups_novel" in suite.read_text())):
+            res.update(hard_negative_scores(run, suite, demo / "text-cache"))
             (run / "done.json").write_text(json.dumps(res))
         table.append((side, name, res))
         print(f"{side:5s}  {name:42s}  score {res['score']:5.1f}  val raw R@1/R@5 {res['val/raw']['r1']:4.1f}/"
               f"{res['val/raw']['r5']:4.1f}  val long {res['val/long']['r1']:4.1f}/{res['val/long']['r5']:4.1f}  "
               f"train long {res['train/long']['r1']:4.1f}/{res['train/long']['r5']:4.1f}  {res['seconds']:.0f} s"
               + (f"  val hard-neg R@1/R@5 {res['hard']['r1']:4.1f}/{res['hard']['r5']:4.1f} group {res['hard']['group']:4.1f}"
-                 if "hard" in res else ""), flush=True)
+                 if "hard" in res else "")
+              + (f"  val unseen-phrasing R@1/R@5 {res['novel']['r1']:4.1f}/{res['novel']['r5']:4.1f} "
+                 f"group {res['novel']['group']:4.1f}" if "novel" in res else ""), flush=True)
     n_val = sizes.n_val
     print(f"\nchance: R@1 {100 / n_val:.1f}, R@5 {500 / n_val:.1f} (held-out scenes: {n_val})")
     for side in sides:

@@ -8,7 +8,7 @@ from PIL import Image
 from flameclip.config import load_config
 from flameclip.data.images import DataError
 from flameclip.evaluate.curves import plot_learning_curves, read_curves
-from flameclip.evaluate.metrics import group_scores
+from flameclip.evaluate.metrics import cluster_stderr, group_scores
 from flameclip.train import train
 
 from .test_train import TINY, data  # noqa: F401  (the module-scoped fixture: shapes + a real store)
@@ -106,3 +106,26 @@ def test_group_scores_chance_with_unequal_groups():
     s = group_scores(img, img, [0, 1, 2], ["a", "a", "b"])
     assert s["group_image_retrieval_acc"] == 1.0
     assert s["group_image_retrieval_chance"] == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+
+
+def test_cluster_stderr_matches_the_plain_formulas_at_both_extremes():
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 2, size=40).astype(float)
+    # One value per cluster: the sample standard deviation over sqrt(n).
+    assert cluster_stderr(v, range(40)) == pytest.approx(np.std(v, ddof=1) / np.sqrt(40))
+    # Four equal values per cluster: the standard error of the 10 cluster means, twice the naive one.
+    means = rng.integers(0, 2, size=10).astype(float)
+    v4, g4 = np.repeat(means, 4), np.repeat(np.arange(10), 4)
+    assert cluster_stderr(v4, g4) == pytest.approx(np.std(means, ddof=1) / np.sqrt(10))
+    assert cluster_stderr(v4, g4) > 1.5 * np.std(v4, ddof=1) / np.sqrt(40)
+    assert cluster_stderr([1.0, 0.0], ["a", "a"]) is None  # one cluster: no estimate
+
+
+def test_group_scores_give_their_standard_error_by_group():
+    # Group a: both texts hit; group b: both miss (each text prefers the other image).
+    img = torch.eye(4)
+    txt = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1.0], [0, 0, 1.0, 0]])
+    s = group_scores(img, txt, [0, 1, 2, 3], ["a", "a", "b", "b"])
+    assert s["group_image_retrieval_acc"] == 0.5
+    # Group sums of (hit - 0.5): +1 and -1; sqrt(2 / 1 * 2) / 4 = 0.5.
+    assert s["group_image_retrieval_stderr"] == pytest.approx(0.5)

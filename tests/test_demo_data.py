@@ -389,8 +389,13 @@ def test_training_groups_differ_late_and_leave_every_other_set_unchanged(tmp_pat
     assert len(rows) == 2 * TINY["group_size"] and {r["group"] for r in rows} == {0, 1}
     assert all((Path(p["val_groups"]).parent / r["image"]).is_file() for r in rows)
     assert not {r["caption"] for r in rows} & {c["long"] for c in caps.values()}
-    spec = tomllib.loads(Path(p["val_suite"]).read_text())["task"][0]
-    assert spec["path"] == "val_groups.jsonl" and spec["mode"] == "long7"
+    specs = tomllib.loads(Path(p["val_suite"]).read_text())["task"]
+    assert [(t["path"], t["mode"]) for t in specs] == [("val_groups.jsonl", "long7"), ("val_groups_novel.jsonl", "long7")]
+    # Its twin in unseen phrasing: the same images and groups, other words than any training caption.
+    novel = _jsonl(p["val_groups_novel"])
+    assert [(r["image"], r["group"]) for r in novel] == [(r["image"], r["group"]) for r in rows]
+    assert all(a["caption"] != b["caption"] for a, b in zip(novel, rows))
+    assert not any(" top left" in r["caption"] or "background" in r["caption"] for r in novel)
     # The evaluation sets and the plain scenes are those of the build without groups.
     plain = build_demo_data(tmp_path / "plain", "cpu", seed=0, progress=False, **sizes)
     assert _files(tmp_path / "plain" / "eval") == _files(tmp_path / "d" / "eval")

@@ -62,6 +62,20 @@ def test_targets_read_the_right_figures_and_apply_the_rules():
     assert probe.met is False  # 2 points behind over 1000 images, one s.e. is 1.5
 
 
+def test_a_group_score_uses_its_standard_error_by_group():
+    # 0.60 vs 0.25 over 200 captions is a wide lead by the proportion's s.e. (3.4)...
+    res = _results()
+    assert _by(evaluate_targets(res))[("long captions, hard negatives",
+                                       "group score (caption picks its image in its group)")].met
+    # ...but not when the captions' hits are so correlated within groups that one s.e. is 0.2.
+    for row in res["results"]:
+        if row["dataset"] == "scenes-long":
+            row["metrics"]["group_image_retrieval_stderr"] = 0.2 if row["checkpoint"] == "CLIP" else 0.1
+    group = _by(evaluate_targets(res))[("long captions, hard negatives",
+                                        "group score (caption picks its image in its group)")]
+    assert group.stderr == 0.2 and group.met is False  # the larger of the two
+
+
 def test_a_lead_within_noise_is_not_a_wide_lead():
     t = _by(evaluate_targets(_results(flame_long_r1=0.22, clip_long_r1=0.20)))
     assert t[("long captions, hard negatives", "text→image R@1")].met  # "ahead" only

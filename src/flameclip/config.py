@@ -181,6 +181,9 @@ class TrainConfig:
     # "rows": positives uniform over all rows (the reference; 7 facets outweigh 1 row); "columns":
     # each from a column drawn uniformly, then a row of it (columns weigh alike, as CLIP's caption).
     positive_draw: str = "rows"
+    # Each text column's share of the positives, in text_columns order (the store's when that is
+    # empty): for FLAME with positive_draw="columns" and for CLIP's caption. Empty: equal shares.
+    column_weights: list[float] = field(default_factory=list)
     val_manifest: str = ""  # optional held-out manifest for the periodic evaluation (learning curves)
     eval_columns: list[str] = field(default_factory=list)  # caption columns scored in curves.csv (default: all trained on)
     eval_images: int = 200  # images per recall set (training and held-out) in curves.csv
@@ -366,6 +369,8 @@ def validate_config(cfg: TrainConfig) -> None:
 
     if cfg.positive_draw not in ("rows", "columns"):
         raise ValueError(f"setting 'positive_draw' must be \"rows\" or \"columns\", got {cfg.positive_draw!r}")
+    if cfg.column_weights and (min(cfg.column_weights) < 0 or sum(cfg.column_weights) <= 0):
+        raise ValueError(f"setting 'column_weights' must be >= 0 with a positive sum, got {cfg.column_weights}")
     if cfg.loss not in LOSSES:
         raise ValueError(f"setting 'loss' must be one of {', '.join(sorted(LOSSES))}, got {cfg.loss!r}")
     try:

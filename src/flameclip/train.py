@@ -118,13 +118,15 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
             raise DataError(f"{cfg.store} was embedded by another LLM than this model's ({cfg.model.llm.get('llm')})")
         if centering is not None:
             store = CenteredStore(store, *centering)
-        text = StoreText(store, cfg.positives, cfg.text_columns or None, draw=cfg.positive_draw)
+        text = StoreText(store, cfg.positives, cfg.text_columns or None, draw=cfg.positive_draw,
+                         weights=cfg.column_weights)
     else:
         if not cfg.captions:
             raise DataError("the CLIP baseline needs `captions` (the captions file) for its text tower")
         from .baselines.clip_text import clip_tokenizer
 
-        text = CaptionTokens(cfg.captions, cfg.text_columns or ["caption"], clip_tokenizer(), positives=1)
+        text = CaptionTokens(cfg.captions, cfg.text_columns or ["caption"], clip_tokenizer(), positives=1,
+                             weights=cfg.column_weights)
     if cfg.skip_missing_text:
         kept = [r for r in records if text.has(r.id)]
         if len(kept) < len(records):

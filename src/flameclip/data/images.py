@@ -150,15 +150,30 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def column_probabilities(weights: list[float] | None, columns: list[str]) -> np.ndarray | None:
+    """``column_weights`` as the probability of each text column (None: equal, drawn as before)."""
+    if not weights:
+        return None
+    if len(weights) != len(columns):
+        raise DataError(f"setting 'column_weights' has {len(weights)} weight(s) for {len(columns)} text column(s) "
+                        f"{columns}: give one per column, in that order")
+    w = np.asarray(weights, dtype=np.float64)
+    return w / w.sum()
+
+
 class StoreText:
     """P positives per image drawn from its stored rows (FLAME)."""
 
-    def __init__(self, store, positives: int, columns: list[str] | None = None, draw: str = "rows"):
+    def __init__(self, store, positives: int, columns: list[str] | None = None, draw: str = "rows",
+                 weights: list[float] | None = None):
         self.store, self.positives, self.draw = store, positives, draw
         cols = columns or list(store.columns)
         unknown = [c for c in cols if c not in store.columns]
         if unknown:
             raise DataError(f"store has no column(s) {unknown}; it has {list(store.columns)}")
+        if weights and draw != "columns":
+            raise DataError("setting 'column_weights' needs positive_draw = \"columns\" (over rows every row weighs alike)")
+        self.weights = column_probabilities(weights, cols)
         self.column_rows = [np.arange(*store.columns[c]) for c in cols]
         self.rows = np.concatenate(self.column_rows)
 
@@ -182,7 +197,9 @@ class StoreText:
         if self.draw == "rows":
             return rng.choice(self.rows, size=self.positives, replace=self.positives > len(self.rows))
         # "columns": how many positives each column gets, then that many of its rows.
-        counts = np.bincount(rng.integers(len(self.column_rows), size=self.positives), minlength=len(self.column_rows))
+        n = len(self.column_rows)
+        column = rng.integers(n, size=self.positives) if self.weights is None else rng.choice(n, self.positives, p=self.weights)
+        counts = np.bincount(column, minlength=n)
         return np.concatenate([rng.choice(rows, size=k, replace=k > len(rows))
                                for rows, k in zip(self.column_rows, counts) if k])
 
@@ -190,9 +207,11 @@ class StoreText:
 class CaptionTokens:
     """P captions per image, drawn from the caption columns and tokenised (the CLIP baseline)."""
 
-    def __init__(self, captions_path: str, columns: list[str], tokenizer, positives: int = 1, id_column: str = "id"):
+    def __init__(self, captions_path: str, columns: list[str], tokenizer, positives: int = 1, id_column: str = "id",
+                 weights: list[float] | None = None):
         table = read_captions(captions_path, columns, id_column)
         self.columns = list(columns)
+        self.weights = column_probabilities(weights, self.columns)
         self.by_id = {sid: [table.columns[c][i] for c in columns] for i, sid in enumerate(table.ids)}
         self.tokenizer, self.positives = tokenizer, positives
 
@@ -206,8 +225,14 @@ class CaptionTokens:
 
     def __call__(self, sid: str, rng: np.random.Generator) -> torch.Tensor:
         caps = [c for c in self.by_id[sid] if c.strip()] or [""]
-        pick = rng.choice(len(caps), size=self.positives, replace=self.positives > len(caps))
-        return self.tokenizer([caps[i] for i in pick])
+        if self.weights is None:
+            pick = rng.choice(len(caps), size=self.positives, replace=self.positives > len(caps))
+            return self.tokenizer([caps[i] for i in pick])
+        # Weighted: over this sample's non-empty columns (an empty caption is never a positive).
+        kept = [(c, w) for c, w in zip(self.by_id[sid], self.weights) if c.strip() and w > 0] or [("", 1.0)]
+        p = np.array([w for _, w in kept])
+        pick = rng.choice(len(kept), size=self.positives, replace=self.positives > len(kept), p=p / p.sum())
+        return self.tokenizer([kept[i][0] for i in pick])
 
 
 class ImageTextDataset(torch.utils.data.Dataset):

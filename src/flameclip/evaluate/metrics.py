@@ -267,6 +267,24 @@ def linear_probe(
     }
 
 
+def cluster_stderr(values, clusters) -> float | None:
+    """One standard error of the mean of ``values`` when they come in correlated clusters.
+
+    The captions of one hard-negative group describe scenes that share all but one object, so their
+    hits are not independent draws and sqrt(p (1 - p) / n) understates the noise. This is the
+    cluster-robust estimate sqrt(G / (G - 1) * sum_g (sum_{i in g} (v_i - mean))^2) / n over the G
+    clusters; with one value per cluster it is the sample standard deviation over sqrt(n). None
+    with fewer than two clusters.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    _, cluster = np.unique(np.asarray(clusters, dtype=object).astype(str), return_inverse=True)
+    g = int(cluster.max()) + 1 if len(v) else 0
+    if g < 2:
+        return None
+    sums = np.bincount(cluster, weights=v - v.mean(), minlength=g)
+    return float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / len(v))
+
+
 def group_scores(image_features, text_features, text_to_image, image_groups) -> dict:
     """Hard-negative group scores: each query is scored only against the images of its own group.
 
@@ -297,5 +315,9 @@ def group_scores(image_features, text_features, text_to_image, image_groups) -> 
         i2t_hits.append(float(text_to_image[cand[int(scores.argmax())]] == i))
         i2t_chance.append(len(texts_of.get(i, [])) / len(cand))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"group_image_retrieval_acc": mean(t2i_hits), "group_text_retrieval_acc": mean(i2t_hits),
-            "group_image_retrieval_chance": mean(t2i_chance), "group_text_retrieval_chance": mean(i2t_chance)}
+    out = {"group_image_retrieval_acc": mean(t2i_hits), "group_text_retrieval_acc": mean(i2t_hits),
+           "group_image_retrieval_chance": mean(t2i_chance), "group_text_retrieval_chance": mean(i2t_chance)}
+    se = cluster_stderr(t2i_hits, [image_groups[int(i)] for i in text_to_image])
+    if se is not None:  # the text->image score's noise, by group (see cluster_stderr)
+        out["group_image_retrieval_stderr"] = se
+    return out

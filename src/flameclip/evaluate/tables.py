@@ -37,7 +37,8 @@ _METRIC_NAMES = {"acc1": "acc@1", "acc5": "acc@5", "mean_per_class_recall": "mea
                  "group_image_retrieval_acc": "text→image group score",
                  "group_text_retrieval_acc": "image→text group score",
                  "group_image_retrieval_chance": "text→image group score, chance",
-                 "group_text_retrieval_chance": "image→text group score, chance"}
+                 "group_text_retrieval_chance": "image→text group score, chance",
+                 "group_image_retrieval_stderr": "text→image group score, 1 s.e. by group"}
 
 
 # -----------------------------------------------------------------------------

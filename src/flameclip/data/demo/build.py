@@ -62,7 +62,7 @@ from .scenes import (
 from .suite import SUITE_TOML, VAL_SUITE_TOML, fashion_mnist_tasks
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 # cpu: builds in well under a minute on 2 cores; gpu: ten times larger. fashion_train/fashion_test:
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
@@ -88,7 +88,7 @@ FASHION_SIZES = ("fashion_train", "fashion_test")
 # Where each part of the demo's data lives: the training set's files, then the evaluation sets'.
 TRAIN_FILES = {"train_images": "images", "train_manifest": "manifest.jsonl", "fit_manifest": "fit.jsonl",
                "val_manifest": "val.jsonl", "train_captions": "captions.jsonl", "train_scenes": "scenes.jsonl",
-               "val_groups": "val_groups.jsonl", "val_suite": "val_suite.toml"}
+               "val_groups": "val_groups.jsonl", "val_groups_novel": "val_groups_novel.jsonl", "val_suite": "val_suite.toml"}
 EVAL_FILES = {"long_retrieval": "long_retrieval.jsonl", "novel_retrieval": "novel_retrieval.jsonl",
               "short_retrieval": "short_retrieval.jsonl", "zeroshot": "zeroshot",
               "multilingual": "multilingual.jsonl", "suite": "suite.toml"}
@@ -306,9 +306,12 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         scenes.append({"id": sid, **scene.to_json()})
     manifest += grouped
     if p["val_groups"]:
-        val_rows, _ = _hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p, p["val_groups"],
-                                            vocab, bar, long_caption)
+        val_rows, val_scenes = _hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p,
+                                                     p["val_groups"], vocab, bar, long_caption)
         _write_jsonl(train / "val_groups.jsonl", val_rows)
+        # The same held-out groups in the other writer's words: the unseen-phrasing set's twin.
+        _write_jsonl(train / "val_groups_novel.jsonl",
+                     [{**r, "caption": novel_long_caption(s)} for r, s in zip(val_rows, val_scenes)])
         (train / "val_suite.toml").write_text(VAL_SUITE_TOML, encoding="utf-8")
     _write_jsonl(train / "manifest.jsonl", manifest)
     _write_jsonl(train / "fit.jsonl", interleave(interleave(fit, cards), grouped) if grouped else interleave(fit, cards))

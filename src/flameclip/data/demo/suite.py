@@ -47,12 +47,19 @@ path = "multilingual.jsonl"
 """
 
 # The validation split's hard negatives (train/val_suite.toml, with val_groups): scenes held out of
-# training, in groups that differ only in their last-named object, for choosing settings.
+# training, in groups that differ only in their last-named object, for choosing settings; and the
+# same groups captioned by the other writer, the twin of the unseen-phrasing evaluation set.
 VAL_SUITE_TOML = """\
 [[task]]
 task = "retrieval"
 name = "val-hard-negatives"
 path = "val_groups.jsonl"
+mode = "long7"
+
+[[task]]
+task = "retrieval"
+name = "val-novel-phrasing"
+path = "val_groups_novel.jsonl"
 mode = "long7"
 """
 
