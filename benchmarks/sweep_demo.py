@@ -89,6 +89,14 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns short-x2": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
         "positive_draw=\"columns\"", "column_weights=[1.0,2.0,1.0]"),
+    # The softmax loss again, on today's default (it lost at 1e-3 before whitening and the new stem).
+    "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns": [
+        "loss=\"softmax\"", "lr=5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
+        "model.vision_pool=\"attention\"", "positive_draw=\"columns\""],
+    # A trainable residual MLP on the frozen (centred, whitened) states, on today's default.
+    "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": sigmoid(
+        "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
+        "positive_draw=\"columns\"", "model.text_adapter_depth=1"),
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",

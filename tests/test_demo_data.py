@@ -390,7 +390,8 @@ def test_training_groups_differ_late_and_leave_every_other_set_unchanged(tmp_pat
     assert all((Path(p["val_groups"]).parent / r["image"]).is_file() for r in rows)
     assert not {r["caption"] for r in rows} & {c["long"] for c in caps.values()}
     specs = tomllib.loads(Path(p["val_suite"]).read_text())["task"]
-    assert [(t["path"], t["mode"]) for t in specs] == [("val_groups.jsonl", "long7"), ("val_groups_novel.jsonl", "long7")]
+    assert [(t["path"], t["mode"]) for t in specs] == [("val_groups.jsonl", "long7"),
+                                                        ("val_groups_novel.jsonl", "long7")]
     # Its twin in unseen phrasing: the same images and groups, other words than any training caption.
     novel = _jsonl(p["val_groups_novel"])
     assert [(r["image"], r["group"]) for r in novel] == [(r["image"], r["group"]) for r in rows]

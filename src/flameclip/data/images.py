@@ -155,8 +155,8 @@ def column_probabilities(weights: list[float] | None, columns: list[str]) -> np.
     if not weights:
         return None
     if len(weights) != len(columns):
-        raise DataError(f"setting 'column_weights' has {len(weights)} weight(s) for {len(columns)} text column(s) "
-                        f"{columns}: give one per column, in that order")
+        raise DataError(f"setting 'column_weights' has {len(weights)} weight(s) for {len(columns)} text "
+                        f"column(s) {columns}: give one per column, in that order")
     w = np.asarray(weights, dtype=np.float64)
     return w / w.sum()
 
@@ -172,7 +172,8 @@ class StoreText:
         if unknown:
             raise DataError(f"store has no column(s) {unknown}; it has {list(store.columns)}")
         if weights and draw != "columns":
-            raise DataError("setting 'column_weights' needs positive_draw = \"columns\" (over rows every row weighs alike)")
+            raise DataError("setting 'column_weights' needs positive_draw = \"columns\" "
+                            "(over rows every row weighs alike)")
         self.weights = column_probabilities(weights, cols)
         self.column_rows = [np.arange(*store.columns[c]) for c in cols]
         self.rows = np.concatenate(self.column_rows)
@@ -198,7 +199,10 @@ class StoreText:
             return rng.choice(self.rows, size=self.positives, replace=self.positives > len(self.rows))
         # "columns": how many positives each column gets, then that many of its rows.
         n = len(self.column_rows)
-        column = rng.integers(n, size=self.positives) if self.weights is None else rng.choice(n, self.positives, p=self.weights)
+        if self.weights is None:
+            column = rng.integers(n, size=self.positives)
+        else:
+            column = rng.choice(n, size=self.positives, p=self.weights)
         counts = np.bincount(column, minlength=n)
         return np.concatenate([rng.choice(rows, size=k, replace=k > len(rows))
                                for rows, k in zip(self.column_rows, counts) if k])

@@ -12,8 +12,9 @@ writes, under the root::
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
                         with train_groups: groups of group_size scenes that differ only in their last-named
                         object (as the hard negatives below), in fit.jsonl with a "group" column
-    train/val_groups.jsonl, train/val_suite.toml  with val_groups: held-out groups of the same kind,
-                        captioned like the training scenes, as a retrieval task for choosing settings
+    train/val_groups.jsonl, train/val_groups_novel.jsonl, train/val_suite.toml  with val_groups:
+                        held-out groups of the same kind, captioned like the training scenes and by
+                        the other writer (below), as two retrieval tasks for choosing settings
     eval/long_retrieval.jsonl   long captions; groups of hard negatives that differ late in the text
     eval/novel_retrieval.jsonl  the same kind of groups, captioned by another writer (rephrase.py):
                                 words and sentence structures that no training caption uses
@@ -88,7 +89,8 @@ FASHION_SIZES = ("fashion_train", "fashion_test")
 # Where each part of the demo's data lives: the training set's files, then the evaluation sets'.
 TRAIN_FILES = {"train_images": "images", "train_manifest": "manifest.jsonl", "fit_manifest": "fit.jsonl",
                "val_manifest": "val.jsonl", "train_captions": "captions.jsonl", "train_scenes": "scenes.jsonl",
-               "val_groups": "val_groups.jsonl", "val_groups_novel": "val_groups_novel.jsonl", "val_suite": "val_suite.toml"}
+               "val_groups": "val_groups.jsonl", "val_groups_novel": "val_groups_novel.jsonl",
+               "val_suite": "val_suite.toml"}
 EVAL_FILES = {"long_retrieval": "long_retrieval.jsonl", "novel_retrieval": "novel_retrieval.jsonl",
               "short_retrieval": "short_retrieval.jsonl", "zeroshot": "zeroshot",
               "multilingual": "multilingual.jsonl", "suite": "suite.toml"}
@@ -308,10 +310,9 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     if p["val_groups"]:
         val_rows, val_scenes = _hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p,
                                                      p["val_groups"], vocab, bar, long_caption)
-        _write_jsonl(train / "val_groups.jsonl", val_rows)
-        # The same held-out groups in the other writer's words: the unseen-phrasing set's twin.
-        _write_jsonl(train / "val_groups_novel.jsonl",
-                     [{**r, "caption": novel_long_caption(s)} for r, s in zip(val_rows, val_scenes)])
+        _write_jsonl(train / "val_groups.jsonl", val_rows)  # and in the other writer's words (unseen phrasing):
+        _write_jsonl(train / "val_groups_novel.jsonl", [{**r, "caption": novel_long_caption(s)}
+                                                        for r, s in zip(val_rows, val_scenes)])
         (train / "val_suite.toml").write_text(VAL_SUITE_TOML, encoding="utf-8")
     _write_jsonl(train / "manifest.jsonl", manifest)
     _write_jsonl(train / "fit.jsonl", interleave(interleave(fit, cards), grouped) if grouped else interleave(fit, cards))
