@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flameclip.ablate import run_ablations
-from flameclip.demo import run_demo
+from flameclip.demo import FLAME_SETTINGS, run_demo, text_side
 from flameclip.store import EmbeddingStore
 
 # The demo end to end, and its ablations: minutes, not seconds.
@@ -28,6 +28,8 @@ def test_tiny_demo_trains_both_models_and_reports_every_task(tiny_demo):
     assert {"scenes-long", "scenes-novel-phrasing"} <= {d for _, t, d in tasks if t == "retrieval"}
     report = (out / "report" / "report.md").read_text()
     assert "FLAME" in report and "CLIP" in report and "The demo's targets" in report
+    # The report says which text side FLAME ran: the paper's frozen-only one or with an adapter.
+    assert f"its text side is {text_side(FLAME_SETTINGS)}" in report
     for png in ("learning_curves.png", "data_efficiency.png"):
         assert (out / "report" / png).stat().st_size > 1000 and f"]({png})" in report
     # Every target carries its chance level.
@@ -71,3 +73,8 @@ def test_ablations_mask_on_the_tiny_demo(tiny_demo):
     stamp = (root / "mask-no-decoupling" / "eval.json").stat().st_mtime_ns
     run_ablations(out, groups=["mask"], workers=0, progress=False)
     assert (root / "mask-no-decoupling" / "eval.json").stat().st_mtime_ns == stamp
+
+
+def test_text_side_names_the_adapter_when_there_is_one():
+    assert "paper's form" in text_side({"model": {}}) and "adapter" not in text_side({"model": {}})
+    assert "adapter of 2 residual MLP block(s)" in text_side({"model": {"text_adapter_depth": 2}})
