@@ -228,14 +228,12 @@ class CaptionTokens:
             raise DataError(f"{len(missing)} image id(s) have no captions (first: {', '.join(missing[:5])})")
 
     def __call__(self, sid: str, rng: np.random.Generator) -> torch.Tensor:
-        caps = [c for c in self.by_id[sid] if c.strip()] or [""]
-        if self.weights is None:
-            pick = rng.choice(len(caps), size=self.positives, replace=self.positives > len(caps))
-            return self.tokenizer([caps[i] for i in pick])
-        # Weighted: over this sample's non-empty columns (an empty caption is never a positive).
-        kept = [(c, w) for c, w in zip(self.by_id[sid], self.weights) if c.strip() and w > 0] or [("", 1.0)]
-        p = np.array([w for _, w in kept])
-        pick = rng.choice(len(kept), size=self.positives, replace=self.positives > len(kept), p=p / p.sum())
+        # Over this sample's non-empty columns (an empty caption is never a positive); without
+        # column_weights p is None, the uniform draw.
+        weights = self.weights if self.weights is not None else np.ones(len(self.columns))
+        kept = [(c, w) for c, w in zip(self.by_id[sid], weights) if c.strip() and w > 0] or [("", 1.0)]
+        p = None if self.weights is None else np.array([w for _, w in kept]) / sum(w for _, w in kept)
+        pick = rng.choice(len(kept), size=self.positives, replace=self.positives > len(kept), p=p)
         return self.tokenizer([kept[i][0] for i in pick])
 
 
