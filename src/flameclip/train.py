@@ -51,6 +51,7 @@ from .evaluate.curves import CurveLog, build_recall_set, recall
 from .losses import build_loss
 from .model import FlameModel
 from .run_log import MetricsLog, plot_losses
+from .step_kernels import attention_kernel, fused_adamw_ok
 
 # ----------------------------------------------------------------------------------------------
 # Set-up helpers
@@ -100,7 +101,8 @@ def build_optimizer(model: FlameModel, cfg: TrainConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (keep if name in no_decay else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    # Fused where it can be: one kernel for all parameters (step_kernels.py says why).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused_adamw_ok(decay + keep) or None)
 
 
 def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple | None = None):
@@ -140,14 +142,14 @@ def build_dataset(cfg: TrainConfig, manifest: str, train: bool, centering: tuple
     return ImageTextDataset(records, text, tf, seed=cfg.seed, use_views=train)
 
 
-def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_epoch: int):
+def loader_for(ds, cfg: TrainConfig, d: Dist, step: int, total: int, steps_per_epoch: int, device_type: str = "cpu"):
     """One loader from ``step`` to ``total``: its workers start once, not once per epoch."""
     batches = steps_per_epoch * cfg.grad_accum  # each epoch's batches; any rest of the permutation is dropped
     epoch, end_epoch = step // steps_per_epoch, -(-total // steps_per_epoch)
     sampler = EpochBatchSampler(len(ds), cfg.batch_size, epoch, cfg.seed, d.rank, d.world_size,
                                 start_batch=(step % steps_per_epoch) * cfg.grad_accum, epochs=end_epoch - epoch,
                                 batches_per_epoch=batches, units=group_units(ds.records) if cfg.batch_groups else None)
-    workers = default_workers() if cfg.workers < 0 else cfg.workers
+    workers = default_workers(device_type) if cfg.workers < 0 else cfg.workers
     # Its own generator: a loader draws its workers' base seed, and from the global generator that
     # draw would shift what the training step draws from it (drop path) between runs and resumes.
     return torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
@@ -202,7 +204,7 @@ def train_step(ddp_model, model: FlameModel, loss_fn, opt, micro_batches, device
         # Only the last micro-batch synchronises gradients across processes.
         sync = i == n - 1 or not hasattr(ddp_model, "no_sync")
         with (contextlib.nullcontext() if sync else ddp_model.no_sync()):
-            with autocast:
+            with autocast, attention_kernel(device):
                 outs = ddp_model(images.to(device, non_blocking=True), texts.to(device, non_blocking=True))
             loss = loss_fn(outs["image_features"].float(), outs["text_features"].float(),
                            outs["logit_scale"].float(), outs["logit_bias"].float()) / n
@@ -321,7 +323,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     model.train()
     step = start_step
     epoch = step // steps_per_epoch
-    it = iter(loader_for(train_ds, cfg, d, step, total, steps_per_epoch))
+    it = iter(loader_for(train_ds, cfg, d, step, total, steps_per_epoch, device.type))
     bar = tqdm(total=total, initial=start_step, unit="step", desc="train", disable=not (progress and d.main))
     t_last, images_since, last_loss, eval_result = time.perf_counter(), 0, float("nan"), {}
     last_ckpt = ckpt

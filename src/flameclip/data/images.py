@@ -355,5 +355,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
                 yield [(epoch, i) for i in perm[lo : lo + self.batch_size]]
 
 
-def default_workers() -> int:
-    return min(4, max(0, (os.cpu_count() or 1) - 1))
+def default_workers(device_type: str = "cpu") -> int:
+    """Loader processes: up to 4, leaving a core to the training process. When the step itself runs
+    on a CPU of 2 cores or fewer, it uses every core and a loader process only competes with it:
+    loading inside the training process is faster there (the demo's FLAME trained at 191 against 174
+    images/s; BENCHMARKS.md, "Kernels of a CPU training step")."""
+    cores = os.cpu_count() or 1
+    if device_type == "cpu" and cores <= 2:
+        return 0
+    return min(4, max(0, cores - 1))
