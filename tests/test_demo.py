@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
-    return out, run_demo(out, scale="tiny", workers=0, progress=False)
+    return out, run_demo(out, scale="tiny", workers=0, progress=False, data_efficiency=True)
 
 
 def test_tiny_demo_trains_both_models_and_reports_every_task(tiny_demo):
@@ -48,9 +48,16 @@ def test_tiny_demo_trains_both_models_and_reports_every_task(tiny_demo):
     assert _steps(out / "train-flame-25") == _steps(out / "train-flame") == _steps(out / "train-clip")
     saved = json.loads((out / "report" / "results.json").read_text())
     assert saved["demo"]["scale"] == "tiny" and saved["demo"]["seconds"]["total"] > 0
-    # Running again reuses data, store and checkpoints instead of redoing them.
+    # Running again reuses data, store and checkpoints instead of redoing them. Without
+    # --data-efficiency (the default) only FLAME and CLIP are evaluated, and the report neither
+    # shows nor keeps the earlier run's data-efficiency figure.
     again = run_demo(out, scale="tiny", workers=0, progress=False)
     assert again["demo"]["seconds"]["embed captions"] < res["demo"]["seconds"]["embed captions"]
+    assert [c["label"] for c in again["checkpoints"]] == ["FLAME", "CLIP"]
+    assert "train FLAME 25%" not in again["demo"]["seconds"]
+    assert "data_efficiency.png" not in (out / "report" / "report.md").read_text()
+    assert not (out / "report" / "data_efficiency.png").exists()
+    assert "learning_curves.png" in (out / "report" / "report.md").read_text()
 
 
 def _steps(run_dir):

@@ -8,7 +8,9 @@ Steps (each resumable: run the command again and finished steps are skipped):
    (learning curves);
 4. train the CLIP baseline (open_clip text tower from scratch) with the same image tower, data and
    number of steps, each side with the settings its own validation sweep chose (BENCHMARKS.md);
-5. train FLAME again on 25% and 50% of the scenes, same steps (the data-efficiency figure);
+5. with ``data_efficiency`` (``flameclip demo --data-efficiency``), train FLAME again on 25% and
+   50% of the scenes, same steps, for the data-efficiency figure (two more trainings: about 11 of a
+   2-core CPU's minutes, so the plain demo leaves them out);
 6. evaluate: zero-shot glyph names, long-caption retrieval with hard negatives (and the same in
    phrasing no training caption uses), short retrieval, multilingual retrieval, Fashion-MNIST; print
    the headline targets with chance beside every figure, and write the report with its figures.
@@ -189,7 +191,8 @@ def subset_manifest(manifest: Path, fraction: float, out: Path) -> Path:
 
 
 def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "cpu", seed: int = 0,
-             workers: int = -1, precision: str = "auto", progress: bool = True) -> dict:
+             workers: int = -1, precision: str = "auto", progress: bool = True,
+             data_efficiency: bool = False) -> dict:
     from .data.demo.build import build_demo_data
     from .embed import EmbedConfig, run_embed
     from .text.llm import fast_dtype
@@ -228,7 +231,8 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     curves = {"val_manifest": str(val), "eval_every": sizes.eval_every, "eval_columns": ["raw", "long"]}
     jobs = [("FLAME", fit, with_settings(flame_config(base, store), curves)),
             ("CLIP", fit, with_settings(clip_config(base, sizes, paths["train_captions"]), curves))]
-    for frac in sizes.fractions:
+    fractions = sizes.fractions if data_efficiency else ()
+    for frac in fractions:
         part = subset_manifest(fit, frac, out / f"fit-{round(100 * frac)}.jsonl")
         jobs.append((f"FLAME {round(100 * frac)}%", part, flame_config(base, store)))
     runs = {}
@@ -252,12 +256,15 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     results["targets"] = [t.__dict__ | {"stderr": t.stderr} for t in targets]
     report_dir = out / "report"
     report = write_report(_main_runs(results), report_dir)
+    stale = report_dir / "data_efficiency.png"
+    if not fractions and stale.exists():
+        stale.unlink()  # an earlier run's figure, which this report does not describe
     figures = {
         "learning_curves.png": plot_learning_curves(
             {"FLAME": out / "train-flame" / "curves.csv", "CLIP": out / "train-clip" / "curves.csv"},
             report_dir / "learning_curves.png"),
         "data_efficiency.png": plot_data_efficiency(
-            results, {"FLAME": 1.0, **{f"FLAME {round(100 * f)}%": f for f in sizes.fractions}},
+            results, {"FLAME": 1.0, **{f"FLAME {round(100 * f)}%": f for f in fractions}},
             report_dir / "data_efficiency.png"),
     }
     _append_to_report(report["report"], targets_table(targets, markdown=True), figures)
@@ -265,6 +272,9 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     print(console_table(_main_runs(results)))
     print(targets_table(targets))
     print(f"[demo] FLAME's text side: {text_side(FLAME_SETTINGS)}")
+    if not fractions:
+        print("[demo] data efficiency: not run (`flameclip demo --data-efficiency` adds FLAME on "
+              f"{' and '.join(f'{round(100 * f)}%' for f in sizes.fractions)} of the scenes and its figure)")
     print(f"[demo] total {timings['total'] / 60:.1f} min; report: {report['report']}")
     return results
 

@@ -13,6 +13,9 @@ def add_parser(sub):
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--llm", default=DEMO_LLM, help=f"the frozen LLM (default {DEMO_LLM}; see `flameclip llms`)")
     p.add_argument("--scale", default="cpu", choices=sorted(SIZES))
+    p.add_argument("--data-efficiency", action="store_true",
+                   help="also train FLAME on 25%% and 50%% of the scenes (same steps) and plot the data-efficiency "
+                        "figure; two more trainings")
     add_run_options(p)
     return p
 
@@ -28,6 +31,6 @@ def add_run_options(p) -> None:
 
 def run(args) -> int:
     res = run_demo(args.out, llm=args.llm, scale=args.scale, seed=args.seed, workers=args.workers,
-                   precision=args.precision, progress=not args.no_progress)
+                   precision=args.precision, progress=not args.no_progress, data_efficiency=args.data_efficiency)
     (Path(args.out) / "demo.json").write_text(json.dumps(res["demo"], indent=2))
     return 0
