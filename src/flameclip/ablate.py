@@ -11,7 +11,7 @@ demo's sizes and evaluates; everything is resumable (finished variants are skipp
     layer   the LLM layer read: the demo's (second to last) vs the middle layer
 
 (FLAME on 25% and 50% of the scenes against CLIP on 100%, at equal steps, is part of the demo
-itself: its data-efficiency figure.)
+itself: ``flameclip demo --data-efficiency`` and its data-efficiency figure.)
 """
 
 from __future__ import annotations
