@@ -104,6 +104,9 @@ FLAME_ONLY = {
     "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-2": [
         "loss=\"softmax\"", "lr=5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
         "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", "model.text_adapter_depth=2"],
+    "softmax-lr1e-3 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": [
+        "loss=\"softmax\"", "lr=1e-3", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
+        "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", "model.text_adapter_depth=1"],
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
