@@ -39,6 +39,13 @@ def sigmoid(lr: str = "1e-3", *extra: str) -> list[str]:
     return ["loss=\"sigmoid\"", f"lr={lr}", f"model.init_logit_bias={BIAS}", *extra]
 
 
+def softmax_default(lr: str = "5e-4", depth: int = 1) -> list[str]:
+    """The demo's FLAME settings (softmax loss, whitening, conv stem, column draw) with a text adapter
+    of ``depth`` blocks at learning rate ``lr``."""
+    return ["loss=\"softmax\"", f"lr={lr}", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
+            "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", f"model.text_adapter_depth={depth}"]
+
+
 GRID = {
     "sigmoid-b10-lr1e-3 (reference init)": ["loss=\"sigmoid\"", "lr=1e-3", "model.init_logit_bias=-10.0"],
     "sigmoid-b3.5-lr1e-3": sigmoid("1e-3"),
@@ -97,16 +104,10 @@ FLAME_ONLY = {
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
         "positive_draw=\"columns\"", "model.text_adapter_depth=1"),
-    "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": [
-        "loss=\"softmax\"", "lr=5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
-        "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", "model.text_adapter_depth=1"],
-    # The demo's default (the softmax loss and one adapter block) with a second block.
-    "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-2": [
-        "loss=\"softmax\"", "lr=5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
-        "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", "model.text_adapter_depth=2"],
-    "softmax-lr1e-3 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": [
-        "loss=\"softmax\"", "lr=1e-3", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
-        "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", "model.text_adapter_depth=1"],
+    "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": softmax_default(),  # the demo's
+    # The demo's default with a second adapter block, and at the next learning rate up.
+    "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-2": softmax_default(depth=2),
+    "softmax-lr1e-3 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": softmax_default("1e-3"),
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",
