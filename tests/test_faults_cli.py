@@ -39,3 +39,33 @@ def test_ctrl_c_at_start_up_is_one_line(tmp_path, command, after_s):
     else:  # it got to its own error first: still one line, naming the missing file
         assert p.returncode == 2 and len(lines) == 1 and "none" in lines[0], err
     assert "Traceback" not in err
+
+
+def test_ctrl_c_that_python_drops_in_a_callback_still_stops_the_command(monkeypatch, tmp_path, capsys):
+    # A Ctrl-C landing in a weakref callback during the imports is dropped by Python ("Exception
+    # ignored in ..."); the command must still stop with its one line, not go on to its own error.
+    import weakref
+
+    from flameclip import cli
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    real = cli.build_parser
+
+    def parser_after_a_dropped_ctrl_c():
+        def callback(_):
+            raise KeyboardInterrupt
+
+        class Module:
+            pass
+
+        obj = Module()
+        ref = weakref.ref(obj, callback)
+        del obj  # the callback runs here, and Python drops its KeyboardInterrupt
+        assert ref() is None
+        return real()
+
+    monkeypatch.setattr(cli, "build_parser", parser_after_a_dropped_ctrl_c)
+    rc = cli.main(COMMANDS["embed"](tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted" in err and "Exception ignored" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1

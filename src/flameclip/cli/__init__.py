@@ -43,19 +43,36 @@ def _interrupted(e: BaseException) -> bool:
     return False
 
 
+_swallowed_ctrl_c: list[bool] = []
+
+
+def _note_ctrl_c(unraisable) -> None:
+    """A Ctrl-C that lands inside a callback Python runs for itself (a weakref's, during imports) is
+    printed as "Exception ignored in ..." and dropped, and the command would go on. Note it instead;
+    ``main`` stops with its one line as soon as the imports are done."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _swallowed_ctrl_c.append(True)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None) -> int:
     # Everything, imports included, runs inside the handlers: Ctrl-C at start-up is one line too.
+    sys.unraisablehook = _note_ctrl_c
+    _swallowed_ctrl_c.clear()
     command = (argv if argv is not None else sys.argv[1:])[:1] or ["?"]
     command = command[0]
     try:
         parser, commands = build_parser()
         args = parser.parse_args(argv)
         command = args.command
+        if _swallowed_ctrl_c:
+            raise KeyboardInterrupt
         return commands[command](args)
     except BaseException as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
         if isinstance(e, SystemExit):
             raise
-        if _interrupted(e):
+        if _interrupted(e) or _swallowed_ctrl_c:
             print(f"flameclip {command}: interrupted; {_INTERRUPTED.get(command, 'nothing was lost')}", file=sys.stderr)
             return 130
         if os.environ.get("FLAMECLIP_DEBUG") or not isinstance(e, Exception):
