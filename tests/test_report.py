@@ -7,6 +7,7 @@ import re
 from matplotlib.colors import to_rgba
 from PIL import Image
 
+from flameclip.evaluate.figures import _shared_chance
 from flameclip.evaluate.report import (
     checkpoint_colour,
     console_table,
@@ -207,6 +208,28 @@ def test_plots_write_png_files(tmp_path):
         path = plot(results, tmp_path / "figs" / name)
         assert path == tmp_path / "figs" / name
         _assert_png(path)
+
+
+def test_chance_levels_come_from_the_counts():
+    from flameclip.evaluate.tables import chance_level
+
+    zeroshot = {"counts": {"images": 500, "classes": 100}}
+    assert chance_level(zeroshot, "acc1") == 0.01
+    assert chance_level(zeroshot, "acc5") == 0.05
+    assert chance_level(zeroshot, "mean_per_class_recall") == 0.01
+    retrieval = {"counts": {"images": 200, "texts": 800}}
+    assert chance_level(retrieval, "image_retrieval_recall@1") == 0.005
+    assert chance_level(retrieval, "image_retrieval_recall@10") == 0.05
+    assert chance_level({"counts": {"images": 4}}, "image_retrieval_recall@10") == 1.0
+    # image->text recall depends on how many captions an image has; a probe without a class count
+    # and unknown metrics have no chance level rather than a wrong one
+    assert chance_level(retrieval, "text_retrieval_recall@1") is None
+    assert chance_level({"counts": {"train": 10, "test": 5}}, "acc1") is None
+    assert chance_level(zeroshot, "group_image_retrieval_acc") is None
+    assert chance_level(None, "acc1") is None
+    # a figure draws one line per (task, dataset): only where the checkpoints' counts agree
+    assert _shared_chance([zeroshot, None, zeroshot], "acc1") == 0.01
+    assert _shared_chance([zeroshot, {"counts": {"classes": 50}}], "acc1") is None
 
 
 def test_write_report(tmp_path):

@@ -134,7 +134,8 @@ def plot_learning_curves(runs: dict[str, str | Path], png: str | Path, metric: s
     import matplotlib.pyplot as plt
 
     columns = sorted({r["column"] for rows in data.values() for r in rows})
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 4.0), squeeze=False,
+                             layout="constrained")
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, col in zip(axes[0], columns):
         chance = None
@@ -153,8 +154,9 @@ def plot_learning_curves(runs: dict[str, str | Path], png: str | Path, metric: s
         ax.set_ylabel(f"text->image {'R@1' if metric.endswith('r1') else 'R@5'} (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    # Below the panels, not on them: inside, it hid the early training curve.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 3), fontsize=8, frameon=False)
     png = Path(png)
     fig.savefig(png, dpi=110)
     plt.close(fig)

@@ -1,7 +1,8 @@
 """Figures of an evaluation results dict: headline bars, recall@K curves, recall per language.
 
 Each figure is a bare matplotlib Figure on an Agg canvas (never pyplot), one colour per checkpoint
-in every figure, and is not written when the results hold nothing for it.
+in every figure, and is not written when the results hold nothing for it. Bar charts draw chance
+as a dashed grey line wherever the rows' counts give it (``tables.chance_level``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .tables import (
     _metric,
     _recall_ks,
     _task_name,
+    chance_level,
     metric_name,
 )
 
@@ -66,6 +68,22 @@ def _upper_limit(values: list[float], headroom: float) -> float:
     """A y-axis top in percent that leaves room above the highest value (for labels)."""
     top = max(values, default=0.0)
     return max(10.0, min(100.0 + headroom, top * 1.08 + headroom))
+
+
+CHANCE_COLOUR, CHANCE_STYLE = "0.25", (0, (2, 2))
+
+
+def _shared_chance(entries, name: str) -> float | None:
+    """Chance on ``name`` of a (task, dataset): the checkpoints' rows agree on it, or it is not drawn."""
+    levels = {chance_level(e, name) for e in entries if e is not None} - {None}
+    return levels.pop() if len(levels) == 1 else None
+
+
+def _chance_handle(things, chance_of) -> list:
+    """The legend entry of the chance lines, when at least one was drawn."""
+    if any(chance_of(t) is not None for t in things):
+        return [Line2D([], [], color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.5, label="chance")]
+    return []
 
 
 def _checkpoint_handles(labels: list[str], patch: bool):
@@ -159,6 +177,9 @@ def plot_languages(results: dict, path) -> Path | None:
         centres = list(range(len(languages))) + [len(languages) + 0.5]
         _bars(ax, centres, values, labels, width=0.8 / len(labels), annotate=False)
         ax.axvline(len(languages) - 0.25, color="0.6", linestyle=":", lw=1)
+        chance = _shared_chance(table.group.entries, LANGUAGE_METRIC)
+        if chance is not None:
+            ax.axhline(100 * chance, color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.2)
         ax.set_xticks(centres, languages + ["avg"])
         ax.set_xlim(-0.6, centres[-1] + 0.6)
         ax.set_ylim(0, _upper_limit([100 * v for row in values for v in row if v is not None], 5))
@@ -167,7 +188,8 @@ def plot_languages(results: dict, path) -> Path | None:
         ax.set_title(f"{table.group.title}: text→image R@1 per language")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    _legend(figure, _checkpoint_handles(labels, patch=True))
+    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(tables, lambda t: (
+        _shared_chance(t.group.entries, LANGUAGE_METRIC))))
     return _save(figure, path)
 
 
@@ -199,6 +221,11 @@ def plot_summary(results: dict, path) -> Path | None:
     values = [[_metric(group.entries[i], name) for group, name in items] for i in range(len(labels))]
     centres = list(range(len(items)))
     _bars(ax, centres, values, labels, width=0.8 / len(labels), annotate=True)
+    # Chance differs per task (classes, images), so each group of bars gets its own short line.
+    for centre, (group, name) in zip(centres, items):
+        chance = _shared_chance(group.entries, name)
+        if chance is not None:
+            ax.hlines(100 * chance, centre - 0.45, centre + 0.45, color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.5)
     ticks = [f"{group.title}\n{_task_name(group.task)}\n{metric_name(name)}" for group, name in items]
     ax.set_xticks(centres, ticks, fontsize=8.5)
     ax.set_ylim(0, _upper_limit([100 * v for row in values for v in row if v is not None], 8))
@@ -206,5 +233,6 @@ def plot_summary(results: dict, path) -> Path | None:
     ax.set_title("Headline metric per task and dataset")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    _legend(figure, _checkpoint_handles(labels, patch=True))
+    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(items, lambda i: (
+        _shared_chance(i[0].entries, i[1]))))
     return _save(figure, path)

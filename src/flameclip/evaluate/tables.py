@@ -108,6 +108,26 @@ def _metric(entry: dict | None, name: str) -> float | None:
     return _number(entry.get("metrics", {}).get(name))
 
 
+def chance_level(entry: dict | None, name: str) -> float | None:
+    """What guessing scores on metric ``name`` of one result row, from the row's counts.
+
+    acc@K and mean per-class recall: K / classes (1 / classes); text->image R@K: K / images, each
+    text having one right image (the multilingual mean uses the whole image set, which every
+    language of the demo's names covers). None when the counts do not say.
+    """
+    counts = (entry or {}).get("counts", {})
+    k = None
+    if name == "mean_per_class_recall":
+        n, k = counts.get("classes"), 1
+    elif name.startswith("acc") and name[3:].isdigit():
+        n, k = counts.get("classes"), int(name[3:])
+    elif (m := _RECALL.match(name)) and m.group(1) == "image":
+        n, k = counts.get("images"), int(m.group(2))
+    else:
+        return None
+    return min(1.0, k / n) if isinstance(n, int) and n > 0 else None
+
+
 def _metric_names(group: _Group) -> list[str]:
     seen: dict[str, int] = {}
     for entry in group.entries:

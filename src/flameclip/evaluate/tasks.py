@@ -150,7 +150,8 @@ class Evaluator:
         res = linear_probe(self.image_features(tr.images, pooled=True), torch.tensor(tr.labels),
                            self.image_features(te.images, pooled=True), torch.tensor(te.labels))
         metrics = {k: res[k] for k in ("acc1", "mean_per_class_recall")}
-        return {"metrics": metrics, "counts": {"train": len(tr.images), "test": len(te.images)},
+        return {"metrics": metrics, "counts": {"train": len(tr.images), "test": len(te.images),
+                                                "classes": len(tr.classnames)},
                 "details": {"best_C": res.get("best_C")}}
 
     def run(self, spec: TaskSpec) -> dict:
