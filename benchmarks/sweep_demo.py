@@ -11,6 +11,7 @@ each run's learning curves. The demo's FLAME_SETTINGS and CLIP_SETTINGS are the 
     python benchmarks/sweep_demo.py --demo runs/demo --precision bf16  # trained in bf16 autocast
     python benchmarks/sweep_demo.py --demo runs/demo --side flame --store runs/store-causal  # another store
     python benchmarks/sweep_demo.py --demo runs/demo-groups --without-groups  # its fit set less the groups
+    python benchmarks/sweep_demo.py --demo runs/demo --side flame --text-rms 10  # the adapter's input scale
 
 A demo folder whose data has held-out hard-negative groups (``val_groups``; data/train/val_suite.toml)
 also scores every run there: text->image R@1 / R@5 and the group score (does a caption pick its own
@@ -181,6 +182,34 @@ def without_groups(fit: Path) -> Path:
     return out
 
 
+def rescale_whitening(rms: float) -> None:
+    """Make training's whitening matrix give rows of ``rms`` per dimension (a measurement knob only).
+
+    Cosines do not care about the scale of the frozen states, but a residual adapter does: its
+    branch starts at zero and grows at the optimiser's pace, so the larger the input, the smaller
+    the adapter's share of the output after the same steps.
+    """
+    import numpy as np
+
+    import flameclip.train as training
+    from flameclip.data.centering import row_facets, sample_ids
+
+    fitted = training.store_whitening
+
+    def store_whitening(store, power, facet_names=None, facet_means=None, mean=None, seed=0, **kw):
+        w = fitted(store, power, facet_names, facet_means, mean=mean, seed=seed, **kw)
+        rows = store.get_many(sample_ids(store, seed)).astype(np.float64)
+        if facet_means is not None:
+            index = {n: i for i, n in enumerate(facet_names)}
+            rows = rows - facet_means.double().numpy()[[index[f] for f in row_facets(store)]]
+        else:
+            rows = rows - mean.double().numpy()
+        x = rows.reshape(-1, rows.shape[-1]) @ w.double().numpy()
+        return w * float(rms * np.sqrt(x.shape[-1] / (x ** 2).sum(-1).mean()))
+
+    training.store_whitening = store_whitening
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", default="runs/demo")
@@ -195,7 +224,13 @@ def main(argv=None) -> int:
                                     "another way, e.g. `flameclip embed --route causal`); its name tags the runs")
     ap.add_argument("--without-groups", action="store_true",
                     help="train on the fit set less its hard-negative groups (data built with train_groups)")
+    ap.add_argument("--text-rms", type=float,
+                    help="FLAME: scale the whitening matrix so that a whitened row has this root-mean-square per "
+                         "dimension (the input scale of a text adapter; by default a row keeps its norm, about "
+                         "230 per dimension for gemma-3-270m); the runs' names end in rms-<value>")
     args = ap.parse_args(argv)
+    if args.text_rms:
+        rescale_whitening(args.text_rms)
 
     from flameclip.config import load_config
     from flameclip.demo import DEMO_LLM, SIZES, base_config, store_dir
@@ -222,7 +257,8 @@ def main(argv=None) -> int:
     for side, name, overrides in plan:
         if args.only and name not in args.only:
             continue
-        run = demo / "sweep" / side / name.replace(" ", "_").replace("(", "").replace(")", "")
+        folder = name + (f" rms-{args.text_rms:g}" if args.text_rms and side == "flame" else "")
+        run = demo / "sweep" / side / folder.replace(" ", "_").replace("(", "").replace(")", "")
         if args.seed:
             run = run.with_name(f"{run.name}_seed{args.seed}")
         if args.steps:
