@@ -156,14 +156,18 @@ def score(curves: Path) -> dict:
     return out
 
 
-def hard_negative_scores(run: Path, suite: Path, text_cache: Path) -> dict:
-    """The final checkpoint on the held-out hard-negative groups: T2I R@1, R@5 and the group score, in %."""
+def hard_negative_scores(run: Path, suite: Path, text_cache: Path, long_mode: str | None = None) -> dict:
+    """The final checkpoint on the held-out hard-negative groups: T2I R@1, R@5 and the group score, in %.
+
+    ``long_mode``: the prompt set FLAME's long captions were stored with, when not the suite's long7.
+    """
     from flameclip.checkpoints import CHECKPOINTS
     from flameclip.evaluate.tasks import load_suite, run_suite
     from flameclip.inference import load
 
     last = sorted((run / CHECKPOINTS).glob("step-*"))[-1]
-    res = run_suite([("model", last, load(last, text_cache=str(text_cache), progress=False))], load_suite(suite))
+    specs = [dataclasses.replace(t, mode=long_mode or t.mode) for t in load_suite(suite)]
+    res = run_suite([("model", last, load(last, text_cache=str(text_cache), progress=False))], specs)
     out = {}
     for row in res["results"]:
         m = row["metrics"]
@@ -249,6 +253,8 @@ def main(argv=None) -> int:
             f"run `flameclip demo --out {demo}` (at least its embed step) first"
         raise SystemExit(f"{store} not found: {hint}")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
+    # FLAME queries the long captions with the prompt set its store holds them in (long7 in the demo).
+    long_mode = json.loads((store / "manifest.json").read_text())["fingerprint"]["prompt_sets"]["long"]["name"]
     table = []
     # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.
     plan = [(side, name, o) for name, o in GRID.items() for side in sides]
@@ -280,7 +286,7 @@ def main(argv=None) -> int:
             (run / "done.json").write_text(json.dumps({"seconds": time.perf_counter() - t0, **score(run / "curves.csv")}))
         res = json.loads((run / "done.json").read_text())
         if suite.exists() and ("hard" not in res or ("novel" not in res and "val_groups_novel" in suite.read_text())):
-            res.update(hard_negative_scores(run, suite, demo / "text-cache"))
+            res.update(hard_negative_scores(run, suite, demo / "text-cache", long_mode if side == "flame" else None))
             (run / "done.json").write_text(json.dumps(res))
         table.append((side, name, res))
         print(f"{side:5s}  {name:42s}  score {res['score']:5.1f}  val raw R@1/R@5 {res['val/raw']['r1']:4.1f}/"

@@ -330,7 +330,7 @@ def test_the_evaluator_runs_both_tasks(synthetic, demo_build, tmp_path, monkeypa
     probe = ev.run(specs["fashion-mnist-probe"])
     assert zs["counts"] == {"images": 20, "classes": 10}
     assert seen == [(CLASSNAMES, specs["fashion-mnist"].templates)]
-    assert probe["counts"] == {"train": 40, "test": 20}
+    assert probe["counts"] == {"train": 40, "test": 20, "classes": 10}
     for r in (zs, probe):
         assert all(0.0 <= v <= 1.0 for v in r["metrics"].values())
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-BUILTIN = ("single", "short3", "long7")
+BUILTIN = ("single", "short3", "long3", "long7")
 
 
 @dataclass(frozen=True)
