@@ -159,7 +159,7 @@ def score(curves: Path) -> dict:
 def hard_negative_scores(run: Path, suite: Path, text_cache: Path, long_mode: str | None = None) -> dict:
     """The final checkpoint on the held-out hard-negative groups: T2I R@1, R@5 and the group score, in %.
 
-    ``long_mode``: the prompt set FLAME's long captions were stored with, when not the suite's long7.
+    ``long_mode``: the prompt set FLAME's long captions were stored with (it replaces the suite's).
     """
     from flameclip.checkpoints import CHECKPOINTS
     from flameclip.evaluate.tasks import load_suite, run_suite
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
             f"run `flameclip demo --out {demo}` (at least its embed step) first"
         raise SystemExit(f"{store} not found: {hint}")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
-    # FLAME queries the long captions with the prompt set its store holds them in (long7 in the demo).
+    # FLAME queries the long captions with the prompt set its store holds them in (long3 in the demo).
     long_mode = json.loads((store / "manifest.json").read_text())["fingerprint"]["prompt_sets"]["long"]["name"]
     table = []
     # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.

@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     ap.add_argument("--demo", default="runs/demo")
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--min-objects", type=int, default=5)
-    ap.add_argument("--modes", nargs="+", default=["long7", "short3", "single"])
+    ap.add_argument("--modes", nargs="+", default=["long3", "short3", "single"])
     args = ap.parse_args(argv)
 
     from flameclip.inference import load

@@ -1,7 +1,7 @@
 """Which prompt set should a caption column's queries use? Held-out text->image recall per set.
 
 A FLAME model is trained on stored rows of each caption column (raw with "single", short with
-"short3", long with "long7" in the demo); an evaluation task must pick one prompt set for its
+"short3", long with "long3" in the demo); an evaluation task must pick one prompt set for its
 queries. This scores every (column, prompt set) pair on the demo's validation scenes (held out of
 training, never an evaluation set), so the choice in the demo's suite is made on validation.
 
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--demo", default="runs/demo")
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--columns", nargs="+", default=["raw", "short", "long"])
-    ap.add_argument("--modes", nargs="+", default=["single", "short3", "long7"])
+    ap.add_argument("--modes", nargs="+", default=["single", "short3", "long3"])
     args = ap.parse_args(argv)
 
     from flameclip.evaluate.datasets import iterate_images

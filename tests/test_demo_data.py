@@ -15,6 +15,7 @@ from PIL import Image
 
 from flameclip.data.demo import glyphs as G
 from flameclip.data.demo.glyphs import EmojiFontNotFound, find_emoji_font
+from flameclip.demo import DEMO_PROMPTS
 
 try:
     find_emoji_font()
@@ -237,7 +238,9 @@ def test_suite_parses_and_points_at_files(built):
     tasks = {t["name"]: t for t in data["task"]}
     # (plus the Fashion-MNIST tasks where that dataset is installed: tests/test_fashion_mnist.py)
     assert {"emoji-glyphs", "scenes-long", "scenes-novel-phrasing", "scenes-short", "emoji-names"} <= set(tasks)
-    assert tasks["scenes-long"]["mode"] == "long7" and tasks["scenes-short"]["mode"] == "short3"
+    # each caption column is queried with the prompt set the demo stores it with
+    assert tasks["scenes-long"]["mode"] == tasks["scenes-novel-phrasing"]["mode"] == DEMO_PROMPTS["long"]
+    assert tasks["scenes-short"]["mode"] == DEMO_PROMPTS["short"]
     for t in data["task"]:
         for key in ("path", "train", "test"):
             assert key not in t or (suite.parent / t[key]).exists(), t
@@ -390,8 +393,8 @@ def test_training_groups_differ_late_and_leave_every_other_set_unchanged(tmp_pat
     assert all((Path(p["val_groups"]).parent / r["image"]).is_file() for r in rows)
     assert not {r["caption"] for r in rows} & {c["long"] for c in caps.values()}
     specs = tomllib.loads(Path(p["val_suite"]).read_text())["task"]
-    assert [(t["path"], t["mode"]) for t in specs] == [("val_groups.jsonl", "long7"),
-                                                        ("val_groups_novel.jsonl", "long7")]
+    assert [(t["path"], t["mode"]) for t in specs] == [("val_groups.jsonl", DEMO_PROMPTS["long"]),
+                                                        ("val_groups_novel.jsonl", DEMO_PROMPTS["long"])]
     # Its twin in unseen phrasing: the same images and groups, other words than any training caption.
     novel = _jsonl(p["val_groups_novel"])
     assert [(r["image"], r["group"]) for r in novel] == [(r["image"], r["group"]) for r in rows]

@@ -20,8 +20,9 @@ FACETS = [
 ]
 
 
+# long3 (not a reference set) is long7 cut to its first three prompts: the reference's text, fewer facets.
 @pytest.mark.parametrize("name,prefix,k", [("single", SHORT_PREFIX, 1), ("short3", SHORT_PREFIX, 3),
-                                           ("long7", LONG_PREFIX, 7)])
+                                           ("long3", LONG_PREFIX, 3), ("long7", LONG_PREFIX, 7)])
 def test_builtin_sets_are_the_reference_verbatim(name, prefix, k):
     ps = load_prompt_set(name)
     assert ps.k == k and ps.prefix == prefix

@@ -150,6 +150,13 @@ def test_resolve_mode():
     assert fs.resolve_mode(" ".join(["w"] * 30)) == "single"
     assert fs.resolve_mode(" ".join(["w"] * 31)) == "long7"
     assert fs.resolve_mode("a cat", "long7") == "long7"
+    # a long query goes through the long set the checkpoint's rows were stored with (the demo's long3)
+    long_query = " ".join(["w"] * 31)
+    demo_facets = ["single:0", "short3:0", "short3:1", "short3:2", "long3:0", "long3:1", "long3:2"]
+    assert fs.resolve_mode(long_query, "auto", demo_facets) == "long3"
+    assert fs.resolve_mode(long_query, "auto", demo_facets + ["long7:0"]) == "long7"
+    assert fs.resolve_mode(long_query, "auto", ["single:0", "short3:0"]) == "long7"
+    assert fs.resolve_mode("a cat", "auto", demo_facets) == "single"
     with pytest.raises(DataError, match="mode"):
         fs.resolve_mode("a cat", "medium")
 

@@ -21,9 +21,11 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .demo import DEMO_PROMPTS
+
 GROUPS = ("facets", "mask", "layer")
 FACET_SETS = {1: "single", 3: "short3", 7: "long7"}
-DEMO_PROMPTS = {"raw": "single", "short": "short3", "long": "long7"}
+LONG_TASKS = ("scenes-long", "scenes-novel-phrasing")  # queried with the prompt set a variant stored long captions in
 
 
 @dataclass
@@ -69,7 +71,8 @@ def variants(groups: list[str], llm: str) -> list[Variant]:
         out.append(Variant("mask", "no decoupling", prompts={"long": "long7"}, route="causal", tasks=quick))
     if "layer" in groups:
         mid = middle_layer(llm)
-        out.append(Variant("layer", f"layer {mid}", prompts=dict(DEMO_PROMPTS), layer=mid))
+        out.append(Variant("layer", f"layer {mid}", prompts=dict(DEMO_PROMPTS), layer=mid,
+                           long_mode=DEMO_PROMPTS["long"]))
     return out
 
 
@@ -127,7 +130,7 @@ def run_ablations(base: str | Path = "runs/demo", groups: list[str] | None = Non
                            train_manifest=str(paths["fit_manifest"]), resume=resume_setting(run_dir))
         ckpt = train(cfg, progress=progress).checkpoint
         model = load(ckpt, text_cache=base / "text-cache", progress=progress)
-        chosen = [replace(s, mode=v.long_mode) if s.name == "scenes-long" else s
+        chosen = [replace(s, mode=v.long_mode) if s.name in LONG_TASKS else s
                   for s in specs if not v.tasks or s.name in v.tasks]
         entries = run_suite([(v.label, ckpt, model)], chosen).rows
         vdir.mkdir(parents=True, exist_ok=True)

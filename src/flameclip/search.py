@@ -41,7 +41,8 @@ META_NAME = "index.json"
 # A query longer than this goes through the long prompt set: the single prompt describes short
 # captions, the facet prompts were made for paragraph-length ones.
 LONG_QUERY_WORDS = 30
-SEARCH_MODES = ("auto", "single", "short3", "long7")
+SEARCH_MODES = ("auto", "single", "short3", "long3", "long7")
+LONG_SETS = ("long7", "long3")  # for a long query, the first of these the checkpoint was trained with
 # Examples of skipped files kept in the build summary (all of them would flood the terminal).
 SKIPPED_EXAMPLES = 5
 
@@ -307,13 +308,18 @@ class ImageIndex:
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
-def resolve_mode(query: str, mode: str = "auto") -> str:
-    """The prompt set for ``query``: ``auto`` picks long7 for long queries, single otherwise."""
+def resolve_mode(query: str, mode: str = "auto", trained_facets: list[str] = ()) -> str:
+    """The prompt set for ``query``: ``auto`` picks single for a short query and a long set for a long
+    one: the long set whose rows the checkpoint was trained on (``ModelConfig.text_facets``, e.g.
+    "long3:0"; long7 when it names none), so that the query is centred like the rows it matches."""
     if mode not in SEARCH_MODES:
         raise DataError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
-    return "long7" if len(query.split()) > LONG_QUERY_WORDS else "single"
+    if len(query.split()) <= LONG_QUERY_WORDS:
+        return "single"
+    trained = {facet.split(":")[0] for facet in trained_facets}
+    return next((name for name in LONG_SETS if name in trained), "long7")
 
 
 def search(index_dir, checkpoint, query: str, k: int = 10, mode: str = "auto", device: str | None = None,
@@ -330,7 +336,7 @@ def search(index_dir, checkpoint, query: str, k: int = 10, mode: str = "auto", d
 
     if not query or not query.strip():
         raise DataError("the search query is empty")
-    mode = resolve_mode(query, mode)
+    resolve_mode(query, mode)  # a bad mode fails before anything is loaded
     # The fingerprint check comes first: it refuses a foreign checkpoint before loading it.
     if isinstance(index_dir, ImageIndex):
         index = index_dir
@@ -338,4 +344,5 @@ def search(index_dir, checkpoint, query: str, k: int = 10, mode: str = "auto", d
     else:
         index = ImageIndex(index_dir, checkpoint)
     model = load(checkpoint, device=device, text_cache=text_cache)
+    mode = resolve_mode(query, mode, model.cfg.text_facets)
     return index.search(model.encode_text([query], mode=mode), k)[0]

@@ -209,6 +209,9 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     # Checked on every call, not recorded in DONE.json: the package may be installed or removed
     # between runs, and the suite should follow without rebuilding the emoji sets.
     _write_if_changed(paths["suite"], SUITE_TOML + fashion_mnist_tasks(paths, params, progress))
+    val_suite = root / "train" / "val_suite.toml"
+    if val_suite.exists():  # a data folder of an older version queries as the demo does now
+        _write_if_changed(val_suite, VAL_SUITE_TOML)
     return paths
 
 

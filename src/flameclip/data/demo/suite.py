@@ -7,13 +7,15 @@ import os
 import sys
 from pathlib import Path
 
+from ...demo import DEMO_PROMPTS
 from .. import fashion_mnist as FM
 
 # Zero-shot templates for Fashion-MNIST, given explicitly: the demo replaces only template lists
 # that are unset, with emoji templates. The images are grey photos of single garments.
 FASHION_TEMPLATES = ["{c}", "a photo of a {c}.", "a black and white photo of a {c}."]
 
-SUITE_TOML = """\
+# The suites query each caption column with the prompt set the demo stores it with.
+SUITE_TOML = f"""\
 # The demo evaluation suite; paths are relative to this file.
 [[task]]
 task = "zeroshot"
@@ -24,13 +26,13 @@ path = "zeroshot"
 task = "retrieval"
 name = "scenes-long"
 path = "long_retrieval.jsonl"
-mode = "long7"
+mode = "{DEMO_PROMPTS['long']}"
 
 [[task]]
 task = "retrieval"
 name = "scenes-novel-phrasing"
 path = "novel_retrieval.jsonl"
-mode = "long7"
+mode = "{DEMO_PROMPTS['long']}"
 
 [[task]]
 task = "retrieval"
@@ -38,7 +40,7 @@ name = "scenes-short"
 path = "short_retrieval.jsonl"
 # short3, the prompt set the short captions were stored with: on held-out training scenes it gives
 # FLAME text->image R@1 20.0 against 14.7 with "single" (BENCHMARKS.md, demo LLM)
-mode = "short3"
+mode = "{DEMO_PROMPTS['short']}"
 
 [[task]]
 task = "multilingual"
@@ -49,18 +51,18 @@ path = "multilingual.jsonl"
 # The validation split's hard negatives (train/val_suite.toml, with val_groups): scenes held out of
 # training, in groups that differ only in their last-named object, for choosing settings; and the
 # same groups captioned by the other writer, the twin of the unseen-phrasing evaluation set.
-VAL_SUITE_TOML = """\
+VAL_SUITE_TOML = f"""\
 [[task]]
 task = "retrieval"
 name = "val-hard-negatives"
 path = "val_groups.jsonl"
-mode = "long7"
+mode = "{DEMO_PROMPTS['long']}"
 
 [[task]]
 task = "retrieval"
 name = "val-novel-phrasing"
 path = "val_groups_novel.jsonl"
-mode = "long7"
+mode = "{DEMO_PROMPTS['long']}"
 """
 
 
