@@ -118,9 +118,34 @@ def test_retrieval_several_captions_any_positive_counts():
     out = retrieval_metrics(images, texts, torch.tensor([0, 0, 1]), ks=(1,))
     # texts: text 0 ranks image 1 first -> miss; others hit
     assert out["image_retrieval_recall@1"] == pytest.approx(2 / 3)
-    # images: image 0's best text is text 1 (exact) -> hit; image 1 -> text 2 (tied with
-    # text 0, which is not its positive; ties go to the positive)
-    assert out["text_retrieval_recall@1"] == 1.0
+    # images: image 0's best text is text 1 (exact) -> hit; image 1 -> text 2, tied with text 0,
+    # which is not its positive: in a random order of the tie it comes first half the time
+    assert out["text_retrieval_recall@1"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_retrieval_ties_are_broken_at_random_not_for_the_positive():
+    # The CLIP baseline's view of a hard-negative group: four captions that differ only after the
+    # 77th token are one embedding. Every image sees its own caption tied with three others.
+    images = F.normalize(torch.tensor([[1.0, 0.1], [1.0, 0.2], [1.0, 0.3], [1.0, 0.4]]), dim=-1)
+    texts = F.normalize(torch.tensor([[1.0, 1.0]] * 4), dim=-1)
+    out = retrieval_metrics(images, texts, torch.arange(4), ks=(1, 2, 3, 4))
+    for k in (1, 2, 3, 4):
+        assert out[f"text_retrieval_recall@{k}"] == pytest.approx(k / 4)  # not 1.0 (the positive always first)
+    # text -> image: the four texts rank the images alike (image 3 first, no ties): one hit at R@1
+    assert out["image_retrieval_recall@1"] == pytest.approx(1 / 4)
+    assert out["image_retrieval_recall@2"] == pytest.approx(2 / 4)
+
+
+def test_retrieval_tie_probabilities_by_hand():
+    from flameclip.evaluate.metrics import _recall_at
+
+    above, neg, pos = (torch.tensor(v) for v in ([0, 0, 0, 1, 2, 0], [3, 3, 2, 2, 0, 0], [1, 1, 2, 2, 1, 1]))
+    # 3 negatives and 1 positive tied first: k=1 -> 1/4; k=2 -> 1 - (3/4)(2/3) = 1/2
+    # 2 and 2 tied first: k=1 -> 1 - 2/4 = 1/2; one candidate above, then 2 and 2: k=2 -> 1/2
+    # two above and no tie: k=1 -> 0, k=2 -> 0, k=3 -> 1; nothing above, no tie: always 1
+    assert _recall_at(above, neg, pos, 1).tolist() == pytest.approx([1 / 4, 1 / 4, 1 / 2, 0, 0, 1])
+    assert _recall_at(above, neg, pos, 2).tolist() == pytest.approx([1 / 2, 1 / 2, 5 / 6, 1 / 2, 0, 1])
+    assert _recall_at(above, neg, pos, 3).tolist() == pytest.approx([3 / 4, 3 / 4, 1, 5 / 6, 1, 1])
 
 
 def test_retrieval_image_without_text_raises():

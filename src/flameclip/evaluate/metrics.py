@@ -26,21 +26,35 @@ import torch
 # retrieval
 
 
-def _rank_of_best_positive(scores, positives):
+def _tie_counts(scores, positives):
     """
-    For each row of scores [B, N] and boolean mask positives [B, N] (every row
-    has at least one positive): the number of candidates scoring strictly higher
-    than the best-scoring positive, i.e. the 0-based rank of the first positive.
-
-    "Any positive in the top-k" is then simply rank < k. This is what
-    clip_benchmark gets from torch.topk + one_hot, without materialising a
-    [B, k, N] one-hot tensor, and it works for any k: a k larger than the number
-    of candidates behaves like k = N (everything retrieved, recall 1.0) instead
-    of making torch.topk raise. On exact score ties with the best positive the
-    positive wins (torch.topk breaks such ties arbitrarily).
+    For each row of scores [B, N] and boolean mask positives [B, N] (every row has at least one
+    positive), three counts [B] about the best-scoring positive's score s: candidates scoring
+    strictly above s, negatives scoring exactly s, and positives scoring exactly s.
     """
     best_pos = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)
-    return (scores > best_pos).sum(dim=1)
+    tied = scores == best_pos
+    return (scores > best_pos).sum(dim=1), (tied & ~positives).sum(dim=1), (tied & positives).sum(dim=1)
+
+
+def _recall_at(above, tied_negatives, tied_positives, k: int):
+    """
+    Per query, the chance that a positive is among the top ``k`` when exact ties are put in a
+    random order: 1 or 0 without ties, what clip_benchmark's torch.topk + one_hot gives (for any k:
+    one larger than the candidates counts everything as retrieved instead of raising).
+
+    With ``a`` candidates above, ``t`` negatives and ``p`` positives tied, the ``m = k - a`` places
+    left go to the tied block, and no positive gets one with probability C(t, m) / C(t + p, m).
+    Ties are not rare by accident here: the CLIP baseline's text tower cuts captions at 77 tokens,
+    so captions that differ only after that are one embedding, and an image must not find "its"
+    caption among four identical ones every time (a win for the positive), nor never (a loss).
+    """
+    m = k - above
+    miss = torch.ones(above.shape, dtype=torch.float64, device=above.device)
+    for i in range(max(int(m.max().item()), 0) if m.numel() else 0):
+        step = (tied_negatives - i).clamp(min=0) / (tied_negatives + tied_positives - i).clamp(min=1)
+        miss = torch.where(m > i, miss * step, miss)
+    return torch.where(m <= 0, torch.zeros_like(miss), 1.0 - miss)
 
 
 @torch.no_grad()
@@ -87,8 +101,8 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
         scores = text_features[start:start + chunk_size] @ image_features.T  # [B, Ni]
         positives = torch.zeros_like(scores, dtype=torch.bool)
         positives[torch.arange(len(t2i), device=scores.device), t2i] = True
-        text_ranks.append(_rank_of_best_positive(scores, positives))
-    text_ranks = torch.cat(text_ranks)
+        text_ranks.append(_tie_counts(scores, positives))
+    text_ranks = [torch.cat(c) for c in zip(*text_ranks)] if text_ranks else [torch.zeros(0, dtype=torch.long)] * 3
 
     # image -> text: every caption of the image is a positive
     image_ranks = []
@@ -96,13 +110,13 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
         image_ids = torch.arange(start, min(start + chunk_size, n_images), device=image_features.device)
         scores = image_features[image_ids] @ text_features.T  # [B, Nt]
         positives = image_ids[:, None] == text_to_image[None, :]
-        image_ranks.append(_rank_of_best_positive(scores, positives))
-    image_ranks = torch.cat(image_ranks)
+        image_ranks.append(_tie_counts(scores, positives))
+    image_ranks = [torch.cat(c) for c in zip(*image_ranks)] if image_ranks else [torch.zeros(0, dtype=torch.long)] * 3
 
     metrics = {}
     for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = (text_ranks < k).float().mean().item()
-        metrics[f"text_retrieval_recall@{k}"] = (image_ranks < k).float().mean().item()
+        metrics[f"image_retrieval_recall@{k}"] = _recall_at(*text_ranks, k).mean().item()
+        metrics[f"text_retrieval_recall@{k}"] = _recall_at(*image_ranks, k).mean().item()
     return metrics
 
 
