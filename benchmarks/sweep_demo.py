@@ -253,8 +253,11 @@ def main(argv=None) -> int:
             f"run `flameclip demo --out {demo}` (at least its embed step) first"
         raise SystemExit(f"{store} not found: {hint}")
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
-    # FLAME queries the long captions with the prompt set its store holds them in (long3 in the demo).
-    long_mode = json.loads((store / "manifest.json").read_text())["fingerprint"]["prompt_sets"]["long"]["name"]
+    # FLAME queries the long captions with the prompt set its store holds them in (long3 in the demo);
+    # a store without a long column, or not finished, leaves the suite's own mode.
+    manifest = store / "manifest.json"
+    sets = json.loads(manifest.read_text()).get("fingerprint", {}).get("prompt_sets", {}) if manifest.exists() else {}
+    long_mode = sets.get("long", {}).get("name")
     table = []
     # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.
     plan = [(side, name, o) for name, o in GRID.items() for side in sides]
@@ -262,6 +265,9 @@ def main(argv=None) -> int:
     plan += [("clip", n, o) for n, o in CLIP_ONLY.items() if "clip" in sides]
     for side, name, overrides in plan:
         if args.only and name not in args.only:
+            continue
+        if args.text_rms and side == "flame" and not any(o.startswith("model.text_whiten=") for o in overrides):
+            print(f"skipped with --text-rms (no whitening to rescale): {name}", flush=True)
             continue
         folder = name + (f" rms-{args.text_rms:g}" if args.text_rms and side == "flame" else "")
         run = demo / "sweep" / side / folder.replace(" ", "_").replace("(", "").replace(")", "")

@@ -35,10 +35,14 @@ def edited_captions(captions: dict, scenes: dict, ids: list[str], colours: list[
     for sid in ids:
         text, background = captions[sid], scenes[sid]["background"]["colours"]
         named = [o["name"] for o in scenes[sid]["objects"] if o["name"] in text]
-        recoloured = text
+        # Only the background phrase at the end ("... on a teal background."): a glyph's name may
+        # hold a colour word too ("a black medium-small square").
+        cut = text.rfind(" on ")
+        head, tail = text[:cut], text[cut:]
         for colour in background:
             others = [c for c in colours if c not in background]
-            recoloured = recoloured.replace(colour + " ", others[int(rng.integers(len(others)))] + " ", 1)
+            tail = tail.replace(" " + colour + " ", " " + others[int(rng.integers(len(others)))] + " ", 1)
+        recoloured = head + tail
         if recoloured == text or not named:
             continue
         others = [n for n in names if n not in named]
@@ -67,6 +71,8 @@ def main(argv=None) -> int:
     glyphs = [{o["name"] for o in scenes[i]["objects"]} for i in ids]
     named = [{g for g in glyphs[k] if g in captions[i]} for k, i in enumerate(ids)]
     edits = edited_captions(captions, scenes, ids, [c[0] for c in COLOURS])
+    if not edits:
+        raise SystemExit("no held-out short caption names its background colours: nothing to edit")
     print(f"held-out scenes: {n} (chance R@1 {100 / n:.1f}); captions with editable colours: {len(edits)}")
     print(f"{'checkpoint':45s} {'R@1':>5s} {'misses':>6s} {'same bg':>7s} {'shares a glyph':>14s} "
           f"{'colours changed':>15s} {'first glyph changed':>19s}")

@@ -114,6 +114,7 @@ def test_suite_runs_every_task_and_the_second_run_needs_no_llm(world, monkeypatc
     assert by_task["zeroshot"]["counts"] == {"images": 24, "classes": 3}
     assert by_task["linear_probe"]["counts"]["classes"] == 3  # what its chance level is read from
     assert set(by_task["multilingual"]["per_language"]) == {"en", "de"}
+    assert by_task["multilingual"]["images_per_language"] == {"en": 24, "de": 24}  # every image named in both
     en, de = (by_task["multilingual"]["per_language"][x]["image_retrieval_recall@1"] for x in ("en", "de"))
     assert by_task["multilingual"]["metrics"]["image_retrieval_recall@1"] == pytest.approx((en + de) / 2)
     for r in first:

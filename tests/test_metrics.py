@@ -134,6 +134,14 @@ def test_retrieval_ties_are_broken_at_random_not_for_the_positive():
     # text -> image: the four texts rank the images alike (image 3 first, no ties): one hit at R@1
     assert out["image_retrieval_recall@1"] == pytest.approx(1 / 4)
     assert out["image_retrieval_recall@2"] == pytest.approx(2 / 4)
+    # the same embedding can come out of a CPU kernel a few ulps apart: still a tie
+    from flameclip.evaluate.metrics import _tie_counts
+
+    above, tied_neg, tied_pos = _tie_counts(torch.tensor([[0.5, 0.5 + 2e-7, 0.4, 0.6]]),
+                                            torch.tensor([[True, False, False, False]]))
+    assert (above.item(), tied_neg.item(), tied_pos.item()) == (1, 1, 1)
+    with pytest.raises(ValueError, match="at least one text"):
+        retrieval_metrics(images, texts[:0], torch.arange(0), ks=(1,))
 
 
 def test_retrieval_tie_probabilities_by_hand():

@@ -4,6 +4,7 @@ import copy
 import json
 import re
 
+import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
@@ -227,6 +228,9 @@ def test_chance_levels_come_from_the_counts():
     assert chance_level({"counts": {"train": 10, "test": 5}}, "acc1") is None
     assert chance_level(zeroshot, "group_image_retrieval_acc") is None
     assert chance_level(None, "acc1") is None
+    # multilingual: each language against the images it names (one language names 49 of 50)
+    multilingual = {"counts": {"images": 50}, "images_per_language": {"en": 50, "fr": 49}}
+    assert chance_level(multilingual, "image_retrieval_recall@1") == pytest.approx((1 / 50 + 1 / 49) / 2)
     # a figure draws one line per (task, dataset): only where the checkpoints' counts agree
     assert _shared_chance([zeroshot, None, zeroshot], "acc1") == 0.01
     assert _shared_chance([zeroshot, {"counts": {"classes": 50}}], "acc1") is None

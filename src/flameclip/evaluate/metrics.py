@@ -26,15 +26,21 @@ import torch
 # retrieval
 
 
+# Scores this close count as a tie: identical embeddings do not always give bit-identical dot
+# products on a CPU (the kernel's summation order depends on the column and the batch size).
+TIE_TOLERANCE = 1e-6
+
+
 def _tie_counts(scores, positives):
     """
     For each row of scores [B, N] and boolean mask positives [B, N] (every row has at least one
     positive), three counts [B] about the best-scoring positive's score s: candidates scoring
-    strictly above s, negatives scoring exactly s, and positives scoring exactly s.
+    above s, negatives tied with s and positives tied with s (within ``TIE_TOLERANCE``).
     """
     best_pos = scores.masked_fill(~positives, float("-inf")).amax(dim=1, keepdim=True)
-    tied = scores == best_pos
-    return (scores > best_pos).sum(dim=1), (tied & ~positives).sum(dim=1), (tied & positives).sum(dim=1)
+    tied = (scores - best_pos).abs() <= TIE_TOLERANCE
+    above = scores > best_pos + TIE_TOLERANCE
+    return above.sum(dim=1), (tied & ~positives).sum(dim=1), (tied & positives).sum(dim=1)
 
 
 def _recall_at(above, tied_negatives, tied_positives, k: int):
@@ -50,9 +56,10 @@ def _recall_at(above, tied_negatives, tied_positives, k: int):
     caption among four identical ones every time (a win for the positive), nor never (a loss).
     """
     m = k - above
+    t, p = tied_negatives.double(), tied_positives.double()
     miss = torch.ones(above.shape, dtype=torch.float64, device=above.device)
     for i in range(max(int(m.max().item()), 0) if m.numel() else 0):
-        step = (tied_negatives - i).clamp(min=0) / (tied_negatives + tied_positives - i).clamp(min=1)
+        step = (t - i).clamp(min=0) / (t + p - i).clamp(min=1)
         miss = torch.where(m > i, miss * step, miss)
     return torch.where(m <= 0, torch.zeros_like(miss), 1.0 - miss)
 
@@ -81,6 +88,8 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
             f"embedding sizes differ: images {image_features.shape[1]}, texts {text_features.shape[1]}"
         )
     n_images, n_texts = image_features.shape[0], text_features.shape[0]
+    if n_texts == 0:
+        raise ValueError("retrieval needs at least one text (and one image)")
     text_to_image = torch.as_tensor(text_to_image).long().to(image_features.device)
     if text_to_image.shape != (n_texts,):
         raise ValueError(f"text_to_image must have shape [{n_texts}], got {list(text_to_image.shape)}")
@@ -102,7 +111,7 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
         positives = torch.zeros_like(scores, dtype=torch.bool)
         positives[torch.arange(len(t2i), device=scores.device), t2i] = True
         text_ranks.append(_tie_counts(scores, positives))
-    text_ranks = [torch.cat(c) for c in zip(*text_ranks)] if text_ranks else [torch.zeros(0, dtype=torch.long)] * 3
+    text_ranks = [torch.cat(c) for c in zip(*text_ranks)]
 
     # image -> text: every caption of the image is a positive
     image_ranks = []
@@ -111,7 +120,7 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
         scores = image_features[image_ids] @ text_features.T  # [B, Nt]
         positives = image_ids[:, None] == text_to_image[None, :]
         image_ranks.append(_tie_counts(scores, positives))
-    image_ranks = [torch.cat(c) for c in zip(*image_ranks)] if image_ranks else [torch.zeros(0, dtype=torch.long)] * 3
+    image_ranks = [torch.cat(c) for c in zip(*image_ranks)]
 
     metrics = {}
     for k in ks:

@@ -112,9 +112,13 @@ def chance_level(entry: dict | None, name: str) -> float | None:
     """What guessing scores on metric ``name`` of one result row, from the row's counts.
 
     acc@K and mean per-class recall: K / classes (1 / classes); text->image R@K: K / images, each
-    text having one right image (the multilingual mean uses the whole image set, which every
-    language of the demo's names covers). None when the counts do not say.
+    text having one right image; for a multilingual row, the mean over languages of each one's
+    chance (a language is scored against the images it names). None when the counts do not say.
     """
+    per_language = (entry or {}).get("images_per_language")
+    if per_language and (m := _RECALL.match(name)) and m.group(1) == "image":
+        k = int(m.group(2))
+        return sum(min(1.0, k / n) for n in per_language.values()) / len(per_language)
     counts = (entry or {}).get("counts", {})
     k = None
     if name == "mean_per_class_recall":

@@ -132,7 +132,7 @@ class Evaluator:
     def multilingual(self, spec: TaskSpec) -> dict:
         """Per language: that language's queries against the images they describe; then the mean."""
         ds = load_retrieval(spec.name, spec.path, language_column=spec.language_column)
-        per = {}
+        per, images_per_language = {}, {}
         for lang in sorted(set(ds.languages)):
             idx = [i for i, l in enumerate(ds.languages) if l == lang]
             used = sorted({ds.text_to_image[i] for i in idx})
@@ -140,9 +140,11 @@ class Evaluator:
             sub = RetrievalSet(f"{ds.name}/{lang}", [ds.images[g] for g in used], [ds.texts[i] for i in idx],
                                [remap[ds.text_to_image[i]] for i in idx])
             per[lang] = self._retrieval(sub, spec.mode)
+            images_per_language[lang] = len(used)  # what each language's chance is read from
         keys = next(iter(per.values())).keys()
         mean = {k: sum(v[k] for v in per.values()) / len(per) for k in keys}
-        return {"mode": spec.mode, "metrics": mean, "per_language": per, "counts": ds.counts()}
+        return {"mode": spec.mode, "metrics": mean, "per_language": per, "counts": ds.counts(),
+                "images_per_language": images_per_language}
 
     def linear_probe(self, spec: TaskSpec) -> dict:
         tr = load_classification(spec.name, spec.train, spec.classnames)
