@@ -193,25 +193,11 @@ def rescale_whitening(rms: float) -> None:
     branch starts at zero and grows at the optimiser's pace, so the larger the input, the smaller
     the adapter's share of the output after the same steps.
     """
-    import numpy as np
+    import functools
 
     import flameclip.train as training
-    from flameclip.data.centering import row_facets, sample_ids
 
-    fitted = training.store_whitening
-
-    def store_whitening(store, power, facet_names=None, facet_means=None, mean=None, seed=0, **kw):
-        w = fitted(store, power, facet_names, facet_means, mean=mean, seed=seed, **kw)
-        rows = store.get_many(sample_ids(store, seed)).astype(np.float64)
-        if facet_means is not None:
-            index = {n: i for i, n in enumerate(facet_names)}
-            rows = rows - facet_means.double().numpy()[[index[f] for f in row_facets(store)]]
-        else:
-            rows = rows - mean.double().numpy()
-        x = rows.reshape(-1, rows.shape[-1]) @ w.double().numpy()
-        return w * float(rms * np.sqrt(x.shape[-1] / (x ** 2).sum(-1).mean()))
-
-    training.store_whitening = store_whitening
+    training.store_whitening = functools.partial(training.store_whitening, rms=rms)
 
 
 def main(argv=None) -> int:

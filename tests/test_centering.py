@@ -83,6 +83,9 @@ def test_whitening_equalises_the_spectrum_of_centred_rows(data):  # noqa: F811
         assert ratio.std() / ratio.mean() < 1e-3, power
         # the average row keeps its squared norm
         assert np.isclose(np.trace(w @ cov @ w), np.trace(cov), rtol=1e-4)
+    # asked for a root-mean-square per dimension instead: an average row's squared norm is rms^2 * D
+    w = store_whitening(store, 0.75, names, means, shrink=1e-2, rms=10.0).double().numpy()
+    assert np.isclose(np.trace(w @ cov @ w), 100.0 * store.dim, rtol=1e-4)
 
 
 def test_whitened_model_trains_and_queries_land_on_stored_rows(data, tmp_path):  # noqa: F811

@@ -33,7 +33,8 @@ from .checkpoints import (  # noqa: F401 - re-exported
     save_checkpoint,
     store_identity,
 )
-from .config import LLMIdentity, TrainConfig, save_config, validate_config
+from .config import LLMIdentity, TrainConfig, validate_config
+from .config_toml import save_config
 from .data.images import (
     CaptionTokens,
     DataError,

@@ -44,14 +44,16 @@ def store_means(store, seed: int = 0, max_samples: int = 4096) -> tuple[torch.Te
 
 def store_whitening(store, power: float, facet_names: list[str] | None = None,
                     facet_means: torch.Tensor | None = None, mean: torch.Tensor | None = None,
-                    seed: int = 0, max_samples: int = 4096, shrink: float = 1e-2) -> torch.Tensor:
+                    seed: int = 0, max_samples: int = 4096, shrink: float = 1e-2,
+                    rms: float | None = None) -> torch.Tensor:
     """A symmetric [D, D] matrix W with x @ W the centred state x whitened to ``power`` (0..1).
 
     Fitted on the rows of (a sample of) the store, each centred as the model centres it (its facet's
     mean with "prompt" centring, else ``mean``). Eigenvalues are floored at ``shrink`` times their
     mean before the inverse power, so directions with almost no variance are not blown up into
     noise. W is scaled so that an average row keeps its norm (cosines do not care; the logit scale's
-    initial value stays meaningful for the loss).
+    initial value stays meaningful for the loss), or, with ``rms``, so that a row has that
+    root-mean-square per dimension (what a text adapter's residual branch is measured against).
     """
     rows = store.get_many(sample_ids(store, seed, max_samples)).astype(np.float64)  # [N, R, D]
     if facet_means is not None:
@@ -64,7 +66,8 @@ def store_whitening(store, power: float, facet_names: list[str] | None = None,
     eigval, eigvec = np.linalg.eigh(cov)
     eigval = np.maximum(eigval, shrink * max(eigval.mean(), 1e-12))
     w = (eigvec * eigval ** (-power / 2)) @ eigvec.T
-    w *= np.sqrt(np.trace(cov) / np.trace(w @ cov @ w))
+    target = np.trace(cov) if rms is None else rms ** 2 * cov.shape[0]
+    w *= np.sqrt(target / np.trace(w @ cov @ w))
     return torch.from_numpy(w.astype(np.float32))
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ...fileio import atomic_write_bytes, marker_matches, write_marker
+from ...fileio import marker_matches, write_marker
 from . import glyphs as G
 from .cards import glyph_cards, interleave
 from .rephrase import novel_long_caption
@@ -60,7 +60,7 @@ from .scenes import (
     sample_scene,
     short_caption,
 )
-from .suite import SUITE_TOML, VAL_SUITE_TOML, fashion_mnist_tasks
+from .suite import SUITE_TOML, VAL_SUITE_TOML, write_suites
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
 BUILD_VERSION = 3
@@ -207,11 +207,8 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     if not marker_matches(paths["done"], emoji_params):
         _build_emoji(root, paths["done"], emoji_params, progress)
     # Checked on every call, not recorded in DONE.json: the package may be installed or removed
-    # between runs, and the suite should follow without rebuilding the emoji sets.
-    _write_if_changed(paths["suite"], SUITE_TOML + fashion_mnist_tasks(paths, params, progress))
-    val_suite = root / "train" / "val_suite.toml"
-    if val_suite.exists():  # a data folder of an older version queries as the demo does now
-        _write_if_changed(val_suite, VAL_SUITE_TOML)
+    # between runs, and the suites should follow without rebuilding the emoji sets.
+    write_suites(paths["suite"], root / "train" / "val_suite.toml", paths, params, progress)
     return paths
 
 
@@ -228,16 +225,6 @@ def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
         (scratch / part).rename(root / part)
     shutil.rmtree(scratch)
     write_marker(done, params, counts)
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` through a rename, so a reader never sees half a file."""
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return
-    except OSError:
-        pass
-    atomic_write_bytes(str(path), text.encode("utf-8"))
 
 
 def _build(out: Path, p: dict, progress: bool) -> dict:

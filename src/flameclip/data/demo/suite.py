@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ...demo import DEMO_PROMPTS
+from ...fileio import atomic_write_bytes
 from .. import fashion_mnist as FM
 
 # Zero-shot templates for Fashion-MNIST, given explicitly: the demo replaces only template lists
@@ -95,3 +96,21 @@ train = "{rel}/train.jsonl"
 test = "{rel}/test.jsonl"
 classnames = {names}
 """
+
+
+def write_suites(suite: Path, val_suite: Path, paths: dict[str, Path], params: dict, progress: bool) -> None:
+    """Bring the evaluation suite (with or without Fashion-MNIST) and, where the data has one, the
+    validation suite up to this version's, so a data folder of an older one queries as the demo now does."""
+    _write_if_changed(suite, SUITE_TOML + fashion_mnist_tasks(paths, params, progress))
+    if val_suite.exists():
+        _write_if_changed(val_suite, VAL_SUITE_TOML)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a rename, so a reader never sees half a file."""
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    atomic_write_bytes(str(path), text.encode("utf-8"))
