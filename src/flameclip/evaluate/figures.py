@@ -79,11 +79,9 @@ def _shared_chance(entries, name: str) -> float | None:
     return levels.pop() if len(levels) == 1 else None
 
 
-def _chance_handle(things, chance_of) -> list:
+def _chance_handle(drawn: bool) -> list:
     """The legend entry of the chance lines, when at least one was drawn."""
-    if any(chance_of(t) is not None for t in things):
-        return [Line2D([], [], color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.5, label="chance")]
-    return []
+    return [Line2D([], [], color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.5, label="chance")] if drawn else []
 
 
 def _checkpoint_handles(labels: list[str], patch: bool):
@@ -170,6 +168,7 @@ def plot_languages(results: dict, path) -> Path | None:
     widest = max(len(table.languages) for table in tables) + 1
     figure = _figure(min(22.0, max(7.0, 0.3 * widest * max(len(labels), 2) + 2.0)), 3.6 * len(tables) + 0.8)
     axes = figure.subplots(len(tables), 1, squeeze=False).ravel()
+    drawn = False
     for ax, table in zip(axes, tables):
         languages = list(table.languages)
         values = [list(row) + [average] for row, average in zip(table.values, table.averages)]
@@ -178,6 +177,7 @@ def plot_languages(results: dict, path) -> Path | None:
         _bars(ax, centres, values, labels, width=0.8 / len(labels), annotate=False)
         ax.axvline(len(languages) - 0.25, color="0.6", linestyle=":", lw=1)
         chance = _shared_chance(table.group.entries, LANGUAGE_METRIC)
+        drawn = drawn or chance is not None
         if chance is not None:
             ax.axhline(100 * chance, color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.2)
         ax.set_xticks(centres, languages + ["avg"])
@@ -188,8 +188,7 @@ def plot_languages(results: dict, path) -> Path | None:
         ax.set_title(f"{table.group.title}: text→image R@1 per language")
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(tables, lambda t: (
-        _shared_chance(t.group.entries, LANGUAGE_METRIC))))
+    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(drawn))
     return _save(figure, path)
 
 
@@ -222,8 +221,10 @@ def plot_summary(results: dict, path) -> Path | None:
     centres = list(range(len(items)))
     _bars(ax, centres, values, labels, width=0.8 / len(labels), annotate=True)
     # Chance differs per task (classes, images), so each group of bars gets its own short line.
+    drawn = False
     for centre, (group, name) in zip(centres, items):
         chance = _shared_chance(group.entries, name)
+        drawn = drawn or chance is not None
         if chance is not None:
             ax.hlines(100 * chance, centre - 0.45, centre + 0.45, color=CHANCE_COLOUR, linestyle=CHANCE_STYLE, lw=1.5)
     ticks = [f"{group.title}\n{_task_name(group.task)}\n{metric_name(name)}" for group, name in items]
@@ -233,6 +234,5 @@ def plot_summary(results: dict, path) -> Path | None:
     ax.set_title("Headline metric per task and dataset")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(items, lambda i: (
-        _shared_chance(i[0].entries, i[1]))))
+    _legend(figure, _checkpoint_handles(labels, patch=True) + _chance_handle(drawn))
     return _save(figure, path)
