@@ -56,6 +56,24 @@ def test_prompt_centring_at_query_time_matches_training(data, tmp_path):  # noqa
     assert torch.allclose(m.model.center_states(states, "long7"), states - m.model.text_mean)
 
 
+def test_every_flame_checkpoint_records_its_prompt_sets_and_notes_a_query_with_another(data, tmp_path, capsys):  # noqa: F811
+    """Without "prompt" centring too, the checkpoint names the sets its rows were stored with; a
+    query with another set works but says once that it is not what the model learned."""
+    cfg = load_config(None, [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={tmp_path / 'run'}",
+                             "batch_size=8", "max_steps=2", "save_every=100", *TINY])
+    m = load(train(cfg, progress=False).checkpoint, text_cache=tmp_path / "cache")
+    assert m.cfg.center_mode != "prompt"
+    assert m.cfg.text_facets == ["single:0", "short3:0", "short3:1", "short3:2"]
+    caption = json.loads(data["captions"].read_text().splitlines()[0])["short"]
+    capsys.readouterr()
+    m.encode_text([caption], mode="short3")
+    assert "note:" not in capsys.readouterr().err
+    m.encode_text([caption], mode="long3")
+    m.encode_text([caption, caption + " Twice."], mode="long3")
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and "'long3'" in err and "single, short3" in err
+
+
 def test_text_center_setting_is_checked():
     with pytest.raises(ValueError, match="text_center"):
         FlameModel(ModelConfig(text_center="per-row"))

@@ -101,6 +101,20 @@ def test_resume_with_another_model_shape_names_the_setting(data, tmp_path):  # n
         train(cfg_for(data, out, "max_steps=4", "resume=latest", "model.vision_width=64"), progress=False)
 
 
+def test_a_checkpoint_that_records_no_prompt_sets_still_resumes(data, tmp_path):  # noqa: F811
+    """Older versions recorded text_facets only with "prompt" centring: such a checkpoint resumes."""
+    import json
+
+    out = tmp_path / "run"
+    train(cfg_for(data, out, "max_steps=2", "save_every=2"), progress=False)
+    config = out / "checkpoints" / "step-0000002" / "config.json"
+    saved = json.loads(config.read_text())
+    assert saved["text_facets"]  # this version records them
+    config.write_text(json.dumps({**saved, "text_facets": []}))
+    res = train(cfg_for(data, out, "max_steps=4", "resume=latest"), progress=False)
+    assert res.checkpoint.name == "step-0000004"
+
+
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):  # noqa: F811
     import flameclip.train as train_module
 

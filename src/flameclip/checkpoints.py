@@ -77,7 +77,10 @@ def check_resume(ckpt: Path, saved: FlameModel, cfg: TrainConfig) -> None:
                         f"but {cfg.store} was embedded by {name(now_llm)}; "
                         "use the store it was trained on, or start a new run in another out folder")
     # grad_checkpointing trades memory for time and may change between runs; nothing else may.
-    differ = sorted(k for k in was if k not in ("llm", "grad_checkpointing") and was[k] != now.get(k))
+    # An older version recorded text_facets only with "prompt" centring; the store check below
+    # still refuses another prompt set.
+    skip = {"llm", "grad_checkpointing"} | ({"text_facets"} if not was.get("text_facets") else set())
+    differ = sorted(k for k in was if k not in skip and was[k] != now.get(k))
     if differ:
         listed = "; ".join(f"model.{k} {was[k]!r} in the checkpoint, {now.get(k)!r} now" for k in differ[:4])
         raise DataError(f"cannot resume {ckpt}: the model differs ({listed}); "

@@ -87,7 +87,8 @@ class ModelConfig:
     #     after one global mean). Stored rows are centred as they are read, queries per facet
     #     before their facets are averaged (see ``center_states``).
     text_center: bool | str = False
-    # The prompt facets that "prompt" centring holds a mean for, as "set:index" (set from the store)
+    # The prompt facets of the training store's rows, as "set:index" (set from the store by the
+    # trainer): "prompt" centring holds a mean for each, and a query is checked against them
     text_facets: list[str] = field(default_factory=list)
     # Whiten the centred LLM states with a fixed matrix fitted once on the training store (frozen,
     # like the centring): 0 = off (the reference); p in (0, 1] divides every principal direction

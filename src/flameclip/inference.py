@@ -16,6 +16,7 @@ The CLIP-benchmark contract is met by :meth:`FlameCLIP.as_clip_benchmark`, which
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ class FlameCLIP:
         recorded = (self.cfg.llm or {}).get("compute_dtype")  # a torch name, as the store's fingerprint says
         self._llm_dtype = llm_dtype or {"bfloat16": "bf16", "float16": "fp16"}.get(recorded, "fp32")
         self._encoder = None
+        self._noted: set[str] = set()  # prompt sets already reported as untrained
         self.cache = TextEmbeddingCache(text_cache)
         if self.is_flame and not self._llm_name:
             raise ValueError("this FLAME checkpoint does not record its LLM; pass llm=NAME")
@@ -101,8 +103,25 @@ class FlameCLIP:
         # With "prompt" centring each facet first loses its own mean, as the stored rows did in training.
         from .text.prompts import load_prompt_set
 
-        states = self.model.center_states(self.llm_states(texts, mode), load_prompt_set(mode).name)
+        ps = load_prompt_set(mode)
+        self._note_untrained_set(ps)
+        states = self.model.center_states(self.llm_states(texts, ps), ps.name)
         return states.mean(dim=1)
+
+    def _note_untrained_set(self, ps) -> None:
+        """Say once per prompt set when the checkpoint's rows were stored with other sets.
+
+        Such a query is allowed (a user may try any set), but it is not what the model learned: its
+        facets get no mean of their own and their states sit elsewhere, so a figure from it is not
+        the checkpoint's. A checkpoint from an older version that records no sets is not checked.
+        """
+        trained = self.cfg.text_facets
+        if not trained or ps.name in self._noted or all(f"{ps.name}:{k}" in trained for k in range(ps.k)):
+            return
+        self._noted.add(ps.name)
+        sets = ", ".join(dict.fromkeys(f.split(":")[0] for f in trained))
+        print(f"note: texts are queried with prompt set {ps.name!r}, but this checkpoint was trained on rows "
+              f"stored with {sets}; pass one of those as the mode for the figures it learned", file=sys.stderr)
 
     @torch.no_grad()
     def encode_text(self, texts, mode: str = "single") -> torch.Tensor:

@@ -46,7 +46,7 @@ from .data.images import (
     default_workers,
     read_images,
 )
-from .data.centering import CenteredStore, store_means, store_whitening
+from .data.centering import CenteredStore, row_facets, store_means, store_whitening
 from .data.transforms import eval_transform, train_transform
 from .evaluate.curves import CurveLog, build_recall_set, recall
 from .losses import build_loss
@@ -263,6 +263,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             cfg.model.text_dim = store.dim  # the store decides D; a mismatch would fail at the first step
         # max_tokens: queries are cut where the stored captions were
         cfg.model.llm = LLMIdentity.from_record(store.fingerprint).record()
+        # Every FLAME checkpoint says which prompt sets its rows were stored with (not only with
+        # "prompt" centring, where it already holds them): queries are checked against it.
+        cfg.model.text_facets = list(dict.fromkeys(row_facets(store)))
     steps_per_epoch = len(train_ds) // (cfg.batch_size * d.world_size * cfg.grad_accum)
     if steps_per_epoch == 0:
         raise DataError(f"{len(train_ds)} samples are fewer than one global batch "
