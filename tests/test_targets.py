@@ -27,7 +27,7 @@ def _results(flame_long_r1=0.30, clip_long_r1=0.20, flame_group=0.60, clip_group
             {"checkpoint": label, "task": "retrieval", "dataset": "scenes-short", "metrics": {T2I + "1": short},
              "counts": {"images": 200, "texts": 200}},
             {"checkpoint": label, "task": "linear_probe", "dataset": "fashion-mnist-probe", "metrics": {"acc1": probe},
-             "counts": {"train": 2000, "test": 1000}},
+             "counts": {"train": 2000, "test": 1000, "classes": 10}},
         ]
         for ds in ("scenes-long", "scenes-novel-phrasing"):
             rows.append({"checkpoint": label, "task": "retrieval", "dataset": ds,
@@ -60,6 +60,9 @@ def test_targets_read_the_right_figures_and_apply_the_rules():
     assert short.met and short.stderr == pytest.approx(math.sqrt(0.315 * 0.685 / 200))
     probe = t[("Fashion-MNIST linear probe", "acc@1")]
     assert probe.met is False  # 2 points behind over 1000 images, one s.e. is 1.5
+    # Chance from each set's counts: K of 200 images, 1 of 10 classes.
+    assert t[("long captions, hard negatives", "text→image R@5")].chance == 5 / 200
+    assert short.chance == 1 / 200 and probe.chance == 1 / 10
 
 
 def test_a_group_score_uses_its_standard_error_by_group():

@@ -12,9 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .tables import chance_level
-
-T2I = "image_retrieval_recall@"
+from .tables import T2I, _metric, _pct, chance_level
 
 
 @dataclass
@@ -51,10 +49,6 @@ def _row(results: dict, label: str, task: str, dataset: str) -> dict | None:
     return None
 
 
-def _metric(row: dict | None, name: str) -> float | None:
-    return None if row is None else row.get("metrics", {}).get(name)
-
-
 def _non_english_mean(row: dict | None, name: str) -> float | None:
     if row is None or "per_language" not in row:
         return None
@@ -64,6 +58,11 @@ def _non_english_mean(row: dict | None, name: str) -> float | None:
 
 def _both(fn, results, flame, clip, *args):
     return fn(_row(results, flame, *args[:2]), *args[2:]), fn(_row(results, clip, *args[:2]), *args[2:])
+
+
+def _chance(results, flame, clip, task, dataset, name) -> float | None:
+    """Chance on a metric, from the counts of either model's row (both score the same set)."""
+    return chance_level(_row(results, flame, task, dataset) or _row(results, clip, task, dataset), name)
 
 
 def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") -> list[Target]:
@@ -86,17 +85,16 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
     add("glyph names in the other languages", "mean text→image R@1", f, c, 1 / n_img if n_img else None, n_img or 0,
         "FLAME >= 3x CLIP", lambda f, c: f >= 3 * c and f > 0)
     f, c = _both(_metric, results, flame, clip, "zeroshot", "emoji-glyphs", "acc1")
-    n_cls = _counts(results, "emoji-glyphs", "classes")
-    add("zero-shot glyph names", "acc@1", f, c, 1 / n_cls if n_cls else None,
+    add("zero-shot glyph names", "acc@1", f, c, _chance(results, flame, clip, "zeroshot", "emoji-glyphs", "acc1"),
         _counts(results, "emoji-glyphs", "images") or 0, "FLAME ahead", lambda f, c: f > c)
     for dataset, label, wide in (("scenes-long", "long captions, hard negatives", False),
                                  ("scenes-novel-phrasing", "long captions in unseen phrasing", True)):
         n = _counts(results, dataset, "texts") or 0
-        n_i = _counts(results, dataset, "images") or 0
         for k in (1, 5):
             f, c = _both(_metric, results, flame, clip, "retrieval", dataset, T2I + str(k))
             rule = "FLAME ahead by > 2 s.e." if wide else "FLAME ahead"
-            add(label, f"text→image R@{k}", f, c, k / n_i if n_i else None, n, rule,
+            add(label, f"text→image R@{k}", f, c, _chance(results, flame, clip, "retrieval", dataset, T2I + str(k)), n,
+                rule,
                 (lambda f, c, n=n: f - c > 2 * stderr(f, c, n)) if wide else (lambda f, c: f > c))
         f, c = _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_acc")
         chance = _metric(_row(results, flame, "retrieval", dataset), "group_image_retrieval_chance")
@@ -109,13 +107,12 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
             "FLAME ahead by > 2 s.e.", lambda f, c, n=n, se=se: f - c > 2 * (se or stderr(f, c, n)), se)
     f, c = _both(_metric, results, flame, clip, "retrieval", "scenes-short", T2I + "1")
     n = _counts(results, "scenes-short", "texts") or 0
-    n_i = _counts(results, "scenes-short", "images") or 0
-    add("short captions", "text→image R@1", f, c, 1 / n_i if n_i else None, n,
+    add("short captions", "text→image R@1", f, c, _chance(results, flame, clip, "retrieval", "scenes-short", T2I + "1"), n,
         "FLAME not behind by > 1 s.e.", lambda f, c, n=n: c - f <= stderr(f, c, n))
     f, c = _both(_metric, results, flame, clip, "linear_probe", "fashion-mnist-probe", "acc1")
     if f is not None or c is not None:
         n = _counts(results, "fashion-mnist-probe", "test") or 0
-        chance = chance_level(_row(results, flame, "linear_probe", "fashion-mnist-probe"), "acc1") or 0.1
+        chance = _chance(results, flame, clip, "linear_probe", "fashion-mnist-probe", "acc1")
         add("Fashion-MNIST linear probe", "acc@1", f, c, chance, n, "FLAME not behind by > 1 s.e.",
             lambda f, c, n=n: c - f <= stderr(f, c, n))
     return out
@@ -126,10 +123,6 @@ def _counts(results: dict, dataset: str, key: str) -> int | None:
         if r["dataset"] == dataset and key in r.get("counts", {}):
             return int(r["counts"][key])
     return None
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.1f}"
 
 
 def targets_table(targets: list[Target], markdown: bool = False) -> str:
