@@ -29,22 +29,24 @@ import torch
 
 def edited_captions(captions: dict, scenes: dict, ids: list[str], colours: list[str], seed: int = 0):
     """(original, colours changed, first glyph changed) short captions of ``ids`` whose colours can be edited."""
+    from flameclip.data.demo.scenes import Background
+
     names = sorted({o["name"] for s in scenes.values() for o in s["objects"]})
     rng = np.random.default_rng(seed)
     out = []
     for sid in ids:
-        text, background = captions[sid], scenes[sid]["background"]["colours"]
+        text, bg = captions[sid], scenes[sid]["background"]
+        background = bg["colours"]
         named = [o["name"] for o in scenes[sid]["objects"] if o["name"] in text]
-        # Only the background phrase at the end ("... on a teal background."): a glyph's name may
-        # hold a colour word too ("a black medium-small square").
-        cut = text.rfind(" on ")
-        head, tail = text[:cut], text[cut:]
-        for colour in background:
-            others = [c for c in colours if c not in background]
-            tail = tail.replace(" " + colour + " ", " " + others[int(rng.integers(len(others)))] + " ", 1)
-        recoloured = head + tail
-        if recoloured == text or not named:
+        # Only the background phrase at the end ("... on a teal background."), written again by the
+        # caption generator with other colours: a glyph's name may hold a colour word too ("a black
+        # medium-small square"), and the article follows the colour ("an orange").
+        tail = f" on {Background(bg['kind'], tuple(background)).short()}."
+        if not text.endswith(tail) or not named:
             continue
+        others = [c for c in colours if c not in background]
+        new = tuple(str(c) for c in rng.choice(others, size=len(background), replace=False))
+        recoloured = text[: -len(tail)] + f" on {Background(bg['kind'], new).short()}."
         others = [n for n in names if n not in named]
         out.append((text, recoloured, text.replace(named[0], others[int(rng.integers(len(others)))])))
     return out

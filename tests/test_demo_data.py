@@ -130,6 +130,13 @@ def test_long_captions_exceed_clip_context_and_name_every_object(built, clip_tok
     assert over / len(caps) > 0.3, f"only {over}/{len(caps)} long captions exceed 77 CLIP tokens"
 
 
+def test_short_captions_take_the_article_of_their_first_colour():
+    """ "an orange background", never "a orange": the article is written from the colour's word."""
+    assert SC.Background("solid", ("orange",)).short() == "an orange background"
+    assert SC.Background("vertical", ("orange", "teal")).short() == "an orange and teal gradient background"
+    assert SC.Background("horizontal", ("teal", "orange")).short() == "a teal and orange gradient background"
+
+
 def test_relations_match_the_grid():
     vocab = G.vocabulary(30)
     rng = np.random.default_rng(5)

@@ -54,9 +54,10 @@ class Background:
     colours: tuple[str, ...]  # one colour name, or two for a gradient (first at top / left)
 
     def short(self) -> str:
+        first = f"{article(self.colours[0])} {self.colours[0]}"  # "an orange", "a teal"
         if self.kind == "solid":
-            return f"a {self.colours[0]} background"
-        return f"a {self.colours[0]} and {self.colours[1]} gradient background"
+            return f"{first} background"
+        return f"{first} and {self.colours[1]} gradient background"
 
     def long(self) -> str:
         if self.kind == "solid":
