@@ -80,7 +80,9 @@ def main(argv=None) -> int:
           f"{'colours changed':>15s} {'first glyph changed':>19s}")
     for ckpt in args.checkpoint:
         model = load(ckpt, text_cache=Path(args.demo) / "text-cache")
-        mode = "short3" if model.is_flame else "single"  # the evaluation's query mode for short captions
+        # FLAME queries short captions with the set its short rows were stored with (short3 in the demo).
+        trained = [f.split(":")[0] for f in model.cfg.text_facets if f.startswith("short")]
+        mode = (trained[0] if trained else "short3") if model.is_flame else "single"
         images = torch.cat([model.encode_image(x) for x, _ in
                             iterate_images([str(data / r["image"]) for r in val], model.preprocess, 64)])
         query = lambda texts: torch.nn.functional.normalize(model.encode_text(list(texts), mode=mode), dim=-1)  # noqa: E731
