@@ -224,6 +224,7 @@ def main(argv=None) -> int:
 
     from flameclip.config import load_config
     from flameclip.demo import DEMO_LLM, SIZES, base_config, store_dir
+    from flameclip.text.prompts import BUILTIN
     from flameclip.train import train
 
     demo = Path(args.demo)
@@ -241,9 +242,16 @@ def main(argv=None) -> int:
     sides = ["flame", "clip"] if args.side == "both" else [args.side]
     # FLAME queries the long captions with the prompt set its store holds them in (long3 in the demo);
     # a store without a long column, or not finished, leaves the suite's own mode.
-    manifest = store / "manifest.json"
-    sets = json.loads(manifest.read_text()).get("fingerprint", {}).get("prompt_sets", {}) if manifest.exists() else {}
-    long_mode = sets.get("long", {}).get("name")
+    manifest = json.loads((store / "manifest.json").read_text()) if (store / "manifest.json").exists() else {}
+    long_set = next((c.get("prompt_set") for c in manifest.get("columns", []) if c.get("name") == "long"), None)
+    long_mode = long_set and long_set["name"]
+    if long_set and long_mode not in BUILTIN:
+        # A set embedded from a JSON file (e.g. benchmarks/prompt_sets/): its queries need the file,
+        # which the store's manifest holds verbatim.
+        path = demo / "sweep" / f"prompt-set-{long_mode}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(long_set, indent=2))
+        long_mode = str(path)
     table = []
     # Setting by setting, both sides in turn, so a sweep cut short leaves both equally tuned.
     plan = [(side, name, o) for name, o in GRID.items() for side in sides]

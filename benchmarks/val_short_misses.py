@@ -56,6 +56,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--demo", default="runs/demo")
     ap.add_argument("--checkpoint", nargs="+", required=True)
+    ap.add_argument("--short-mode", help="FLAME's prompt set (a name or JSON file) for the short captions; by "
+                                         "default the short set each checkpoint was trained on (short3 in the demo)")
     args = ap.parse_args(argv)
 
     from flameclip.data.demo.scenes import COLOURS
@@ -82,7 +84,7 @@ def main(argv=None) -> int:
         model = load(ckpt, text_cache=Path(args.demo) / "text-cache")
         # FLAME queries short captions with the set its short rows were stored with (short3 in the demo).
         trained = [f.split(":")[0] for f in model.cfg.text_facets if f.startswith("short")]
-        mode = (trained[0] if trained else "short3") if model.is_flame else "single"
+        mode = (args.short_mode or (trained[0] if trained else "short3")) if model.is_flame else "single"
         images = torch.cat([model.encode_image(x) for x, _ in
                             iterate_images([str(data / r["image"]) for r in val], model.preprocess, 64)])
         query = lambda texts: torch.nn.functional.normalize(model.encode_text(list(texts), mode=mode), dim=-1)  # noqa: E731
