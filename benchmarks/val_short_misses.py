@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     from flameclip.data.demo.scenes import COLOURS
     from flameclip.evaluate.datasets import iterate_images
     from flameclip.inference import load
+    from flameclip.text.prompts import BUILTIN
 
     data = Path(args.demo) / "data" / "train"
     read = lambda name: [json.loads(line) for line in (data / name).read_text(encoding="utf-8").splitlines()]  # noqa: E731
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
         # FLAME queries short captions with the set its short rows were stored with (short3 in the demo).
         trained = [f.split(":")[0] for f in model.cfg.text_facets if f.startswith("short")]
         mode = (args.short_mode or (trained[0] if trained else "short3")) if model.is_flame else "single"
+        if mode not in BUILTIN and not Path(mode).exists():
+            raise SystemExit(f"{ckpt}: its short rows were stored with {mode!r}, not a built-in set; "
+                             "pass its JSON file with --short-mode")
         images = torch.cat([model.encode_image(x) for x, _ in
                             iterate_images([str(data / r["image"]) for r in val], model.preprocess, 64)])
         query = lambda texts: torch.nn.functional.normalize(model.encode_text(list(texts), mode=mode), dim=-1)  # noqa: E731

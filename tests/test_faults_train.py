@@ -103,8 +103,6 @@ def test_resume_with_another_model_shape_names_the_setting(data, tmp_path):  # n
 
 def test_a_checkpoint_that_records_no_prompt_sets_still_resumes(data, tmp_path):  # noqa: F811
     """Older versions recorded text_facets only with "prompt" centring: such a checkpoint resumes."""
-    import json
-
     out = tmp_path / "run"
     train(cfg_for(data, out, "max_steps=2", "save_every=2"), progress=False)
     config = out / "checkpoints" / "step-0000002" / "config.json"

@@ -97,6 +97,20 @@ def test_missing_figures_are_not_met_and_the_table_says_so():
     assert md.splitlines()[0].startswith("| target | figure | FLAME | CLIP | chance")
 
 
+def test_chance_comes_from_either_models_counts_and_a_nan_figure_is_missing():
+    """Without FLAME's rows, chance is still read from CLIP's; a NaN figure is no figure."""
+    res = _results()
+    res["results"] = [r for r in res["results"] if not (r["checkpoint"] == "FLAME" and r["task"] == "retrieval")]
+    for r in res["results"]:
+        if r["checkpoint"] == "CLIP" and r["dataset"] == "scenes-short":
+            r["metrics"][T2I + "1"] = float("nan")
+    t = _by(evaluate_targets(res))
+    assert t[("long captions, hard negatives", "text→image R@5")].chance == 5 / 200
+    assert t[("long captions, hard negatives", "group score (caption picks its image in its group)")].chance == 0.25
+    short = t[("short captions", "text→image R@1")]
+    assert short.chance == 1 / 200 and short.flame is None and short.clip is None and short.met is None
+
+
 def test_data_efficiency_figure(tmp_path):
     res = _results(extra_flame=(("FLAME 25%", 0.1, 0.3, 0.2, 0.05, 0.1, 0.2, 0.5),))
     png = plot_data_efficiency(res, {"FLAME 25%": 0.25, "FLAME": 1.0}, tmp_path / "eff.png")

@@ -77,8 +77,8 @@ def check_resume(ckpt: Path, saved: FlameModel, cfg: TrainConfig) -> None:
                         f"but {cfg.store} was embedded by {name(now_llm)}; "
                         "use the store it was trained on, or start a new run in another out folder")
     # grad_checkpointing trades memory for time and may change between runs; nothing else may.
-    # An older version recorded text_facets only with "prompt" centring; the store check below
-    # still refuses another prompt set.
+    # An older version recorded text_facets only with "prompt" centring; train.py's store identity
+    # check (check_store_identity) still refuses a store of another prompt set.
     skip = {"llm", "grad_checkpointing"} | ({"text_facets"} if not was.get("text_facets") else set())
     differ = sorted(k for k in was if k not in skip and was[k] != now.get(k))
     if differ:

@@ -111,9 +111,10 @@ class FlameCLIP:
     def _note_untrained_set(self, ps) -> None:
         """Say once per prompt set when the checkpoint's rows were stored with other sets.
 
-        Such a query is allowed (a user may try any set), but it is not what the model learned: its
-        facets get no mean of their own and their states sit elsewhere, so a figure from it is not
-        the checkpoint's. A checkpoint from an older version that records no sets is not checked.
+        Such a query is allowed (a user may try any set, and an ablation trained on one column still
+        runs zero-shot with ``single``), but it is not what the model learned: the facets' states sit
+        elsewhere (and get no mean of their own with "prompt" centring). A checkpoint from an older
+        version that records no sets is not checked. Sets are told apart by name.
         """
         trained = self.cfg.text_facets
         if not trained or ps.name in self._noted or all(f"{ps.name}:{k}" in trained for k in range(ps.k)):
@@ -121,7 +122,7 @@ class FlameCLIP:
         self._noted.add(ps.name)
         sets = ", ".join(dict.fromkeys(f.split(":")[0] for f in trained))
         print(f"note: texts are queried with prompt set {ps.name!r}, but this checkpoint was trained on rows "
-              f"stored with {sets}; pass one of those as the mode for the figures it learned", file=sys.stderr)
+              f"stored with {sets}: figures from these queries are not those of a set it learned", file=sys.stderr)
 
     @torch.no_grad()
     def encode_text(self, texts, mode: str = "single") -> torch.Tensor:

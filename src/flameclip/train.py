@@ -251,8 +251,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         store = EmbeddingStore(cfg.store)
         means = store_means(store, seed=cfg.seed)
         if cfg.model.center_mode == "prompt":
-            centering = (means[1], means[2])
-            cfg.model.text_facets = list(means[1])
+            centering = (means[1], means[2])  # text_facets is set below, for every FLAME run
         if cfg.model.text_whiten:
             whitening = store_whitening(store, cfg.model.text_whiten, *(centering or (None, None)), mean=means[0],
                                         seed=cfg.seed)

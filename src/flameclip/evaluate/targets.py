@@ -97,7 +97,8 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
                 rule,
                 (lambda f, c, n=n: f - c > 2 * stderr(f, c, n)) if wide else (lambda f, c: f > c))
         f, c = _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_acc")
-        chance = _metric(_row(results, flame, "retrieval", dataset), "group_image_retrieval_chance")
+        chance = _metric(_row(results, flame, "retrieval", dataset) or _row(results, clip, "retrieval", dataset),
+                         "group_image_retrieval_chance")
         # The captions of one group are not independent: the larger of the two models' standard
         # errors by group, where the results have them (metrics.cluster_stderr).
         se = [x for x in _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_stderr")
