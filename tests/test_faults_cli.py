@@ -69,3 +69,37 @@ def test_ctrl_c_that_python_drops_in_a_callback_still_stops_the_command(monkeypa
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted" in err and "Exception ignored" not in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+
+
+def test_ctrl_c_that_an_import_turns_into_another_error_still_stops_with_one_line(monkeypatch, tmp_path, capsys):
+    # A Ctrl-C inside a C extension's import can leave it half-loaded, and the next import of it
+    # fails with an ImportError ("cannot load module more than once per process"), which the
+    # error line's own imports would hit again. It is the user's Ctrl-C: one "interrupted" line.
+    from flameclip import cli
+
+    def parser_hit_mid_import():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, handled by the command's own handler
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass  # what the half-loaded extension's import does with it
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(cli, "build_parser", parser_hit_mid_import)
+    before = signal.getsignal(signal.SIGINT)
+    rc = cli.main(COMMANDS["embed"](tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 130 and "interrupted" in err and "ImportError" not in err, err
+    assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
+def test_an_error_line_survives_a_library_that_cannot_be_imported(monkeypatch, capsys):
+    from flameclip import cli
+
+    def broken(_):
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(cli, "_known_line", broken)
+    line = cli._one_line(ValueError("bad value"))
+    assert line.startswith("ValueError: bad value") and "\n" not in line

@@ -145,7 +145,7 @@ def test_text_search_with_clip_checkpoint(setup):
     assert len(fs.search(setup["index"], setup["ckpt"], " ".join(["word"] * 40), k=3)) == 3
 
 
-def test_resolve_mode():
+def test_resolve_mode(tmp_path):
     assert fs.resolve_mode("a cat") == "single"
     assert fs.resolve_mode(" ".join(["w"] * 30)) == "single"
     assert fs.resolve_mode(" ".join(["w"] * 31)) == "long7"
@@ -159,6 +159,12 @@ def test_resolve_mode():
     assert fs.resolve_mode("a cat", "auto", demo_facets) == "single"
     with pytest.raises(DataError, match="mode"):
         fs.resolve_mode("a cat", "medium")
+    # A prompt set file (a store embedded with one) is taken as it is; a missing one is refused.
+    own = tmp_path / "own.json"
+    with pytest.raises(DataError, match="JSON file"):
+        fs.resolve_mode("a cat", str(own))
+    own.write_text('{"name": "own", "prefix": "{caption}", "prompts": [" in one word:"]}')
+    assert fs.resolve_mode("a cat", str(own)) == str(own)
 
 
 def test_contact_sheet(setup, tmp_path):

@@ -312,8 +312,8 @@ def resolve_mode(query: str, mode: str = "auto", trained_facets: list[str] = ())
     """The prompt set for ``query``: ``auto`` picks single for a short query and a long set for a long
     one: the long set whose rows the checkpoint was trained on (``ModelConfig.text_facets``, e.g.
     "long3:0"; long7 when it names none), so that the query is centred like the rows it matches."""
-    if mode not in SEARCH_MODES:
-        raise DataError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    if mode not in SEARCH_MODES and not (mode.endswith(".json") and Path(mode).is_file()):
+        raise DataError(f"mode must be one of {', '.join(SEARCH_MODES)} or a prompt set JSON file, got {mode!r}")
     if mode != "auto":
         return mode
     if len(query.split()) <= LONG_QUERY_WORDS:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 # Nothing is ever downloaded at run time: weights and data come from installed packages.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,6 +46,15 @@ def _interrupted(e: BaseException) -> bool:
 
 
 _swallowed_ctrl_c: list[bool] = []
+_ctrl_c_seen: list[bool] = []
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    """Python's own Ctrl-C, remembered: a Ctrl-C that lands inside a C extension's import can come
+    out as another error (numpy half-imported: "cannot load module more than once per process"),
+    and it is still the user's Ctrl-C, not a fault to report."""
+    _ctrl_c_seen.append(True)
+    raise KeyboardInterrupt
 
 
 def _note_ctrl_c(unraisable) -> None:
@@ -60,19 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     # Everything, imports included, runs inside the handlers: Ctrl-C at start-up is one line too.
     sys.unraisablehook = _note_ctrl_c
     _swallowed_ctrl_c.clear()
+    _ctrl_c_seen.clear()
+    # Only Python's own handler is replaced (not where Ctrl-C is ignored, as in background jobs, nor
+    # another program's), and only in the main thread, where signal handlers live; it is put back.
+    previous = signal.getsignal(signal.SIGINT)
+    own = previous is signal.default_int_handler and threading.current_thread() is threading.main_thread()
+    if own:
+        signal.signal(signal.SIGINT, _on_ctrl_c)
+    try:
+        return _run(argv)
+    finally:
+        if own:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(argv: list[str] | None) -> int:
     command = (argv if argv is not None else sys.argv[1:])[:1] or ["?"]
     command = command[0]
     try:
         parser, commands = build_parser()
         args = parser.parse_args(argv)
         command = args.command
-        if _swallowed_ctrl_c:
+        if _swallowed_ctrl_c or _ctrl_c_seen:
             raise KeyboardInterrupt
         return commands[command](args)
     except BaseException as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
         if isinstance(e, SystemExit):
             raise
-        if _interrupted(e) or _swallowed_ctrl_c:
+        if _interrupted(e) or _swallowed_ctrl_c or _ctrl_c_seen:
             print(f"flameclip {command}: interrupted; {_INTERRUPTED.get(command, 'nothing was lost')}", file=sys.stderr)
             return 130
         if os.environ.get("FLAMECLIP_DEBUG") or not isinstance(e, Exception):
@@ -83,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(e: Exception) -> str:
     """Known, user-facing failures: their message; others: the type too, and where the traceback is."""
+    try:
+        return _known_line(e)
+    except Exception:  # noqa: BLE001 - the library itself cannot be imported (a broken install): still one line
+        return f"{type(e).__name__}: {user_message(e)} (set FLAMECLIP_DEBUG=1 for the traceback)"
+
+
+def _known_line(e: Exception) -> str:
     from ..data.captions import CaptionsFileError
     from ..data.images import DataError
     from ..embed import EmbedError

@@ -55,9 +55,10 @@ def add_search_parser(subparsers):
     p.add_argument("--index", required=True, help="index folder made by flameclip index")
     p.add_argument("--checkpoint", required=True, help="the checkpoint that built the index")
     p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
-    p.add_argument("--mode", default="auto", choices=list(SEARCH_MODES),
-                   help=f"prompt set for FLAME checkpoints (auto: above {LONG_QUERY_WORDS} words the long set the "
-                        "checkpoint was trained with, long7 or long3; single below)")
+    p.add_argument("--mode", default="auto",
+                   help=f"prompt set for FLAME checkpoints: {', '.join(SEARCH_MODES)}, or a prompt set JSON file "
+                        f"(auto: above {LONG_QUERY_WORDS} words the long set the checkpoint was trained with, "
+                        "long7 or long3; single below)")
     p.add_argument("--out", default="results.png", help="contact sheet PNG (default results.png)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--text-cache", default=None, help="where LLM text embeddings are cached")
