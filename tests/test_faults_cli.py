@@ -86,12 +86,16 @@ def test_ctrl_c_that_an_import_turns_into_another_error_still_stops_with_one_lin
         raise ImportError("cannot load module more than once per process")
 
     monkeypatch.setattr(cli, "build_parser", parser_hit_mid_import)
-    before = signal.getsignal(signal.SIGINT)
-    rc = cli.main(COMMANDS["embed"](tmp_path))
+    # As in a fresh `flameclip` process: Python's own Ctrl-C handler (earlier tests may leave another).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rc = cli.main(COMMANDS["embed"](tmp_path))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    finally:
+        signal.signal(signal.SIGINT, outer)
     err = capsys.readouterr().err
     assert rc == 130 and "interrupted" in err and "ImportError" not in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
-    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 
 
 def test_an_error_line_survives_a_library_that_cannot_be_imported(monkeypatch, capsys):
