@@ -4,7 +4,8 @@ On the demo's held-out hard-negative groups (``train/val_groups.jsonl``: four sc
 in their last-named object, never trained on and never an evaluation set), each checkpoint ranks the
 images for every caption. Printed: text->image R@5, how often the caption's own group is among the
 top 5, and how often the best image of another group has the same background as the caption's scene
-(read from the caption's "on a ... background"), with that share's chance over the other groups.
+(the caption's whole background phrase: "a plain teal background", "a background that fades from
+brown at the top to dark green at the bottom"), with that share's chance over the other groups.
 
     python benchmarks/val_hard_background.py --demo runs/demo \\
         --checkpoint runs/demo/train-flame/checkpoints/step-0001500 runs/demo/train-clip/checkpoints/step-0001500
@@ -32,7 +33,8 @@ def main(argv=None) -> int:
 
     data = Path(args.demo) / "data" / "train"
     rows = [json.loads(line) for line in (data / "val_groups.jsonl").read_text(encoding="utf-8").splitlines()]
-    background = [re.search(r"objects? on (?:a |an )?(.*?) background", r["caption"]).group(1) for r in rows]
+    # The first sentence's phrase, whole: a gradient's colours come after "a background that fades".
+    background = [re.search(r"shows \w+ objects? on (.*?)\.", r["caption"]).group(1) for r in rows]
     groups = torch.tensor([r["group"] for r in rows])
     n = len(rows)
     other = groups[None, :] != groups[:, None]
