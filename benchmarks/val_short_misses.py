@@ -60,6 +60,7 @@ def main(argv=None) -> int:
                                          "default the short set each checkpoint was trained on (short3 in the demo)")
     args = ap.parse_args(argv)
 
+    from flameclip.data.centering import facet_sets
     from flameclip.data.demo.scenes import COLOURS
     from flameclip.evaluate.datasets import iterate_images
     from flameclip.inference import load
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
     for ckpt in args.checkpoint:
         model = load(ckpt, text_cache=Path(args.demo) / "text-cache")
         # FLAME queries short captions with the set its short rows were stored with (short3 in the demo).
-        trained = [f.split(":")[0] for f in model.cfg.text_facets if f.startswith("short")]
+        trained = [s for s in facet_sets(model.cfg.text_facets) if s.startswith("short")]
         mode = (args.short_mode or (trained[0] if trained else "short3")) if model.is_flame else "single"
         if mode not in BUILTIN and not Path(mode).exists():
             raise SystemExit(f"{ckpt}: its short rows were stored with {mode!r}, not a built-in set; "

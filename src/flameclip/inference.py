@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import LLMIdentity
+from .data.centering import facet_sets
 from .data.transforms import eval_transform
 from .model import FlameModel
 from .text_cache import TextEmbeddingCache
@@ -120,7 +121,7 @@ class FlameCLIP:
         if not trained or ps.name in self._noted or all(f"{ps.name}:{k}" in trained for k in range(ps.k)):
             return
         self._noted.add(ps.name)
-        sets = ", ".join(dict.fromkeys(f.split(":")[0] for f in trained))
+        sets = ", ".join(facet_sets(trained))
         print(f"note: texts are queried with prompt set {ps.name!r}, but this checkpoint was trained on rows "
               f"stored with {sets}: figures from these queries are not those of a set it learned", file=sys.stderr)
 

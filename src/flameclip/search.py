@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.centering import facet_sets
 from .data.images import IMAGE_EXTENSIONS, DataError
 from .model import CONFIG_NAME, WEIGHTS_NAME
 from .fileio import UNREADABLE, atomic_write_bytes, file_sha256, fsync_dir, open_rgb, why_unreadable
@@ -318,7 +319,7 @@ def resolve_mode(query: str, mode: str = "auto", trained_facets: list[str] = ())
         return mode
     if len(query.split()) <= LONG_QUERY_WORDS:
         return "single"
-    trained = {facet.split(":")[0] for facet in trained_facets}
+    trained = set(facet_sets(trained_facets))
     return next((name for name in LONG_SETS if name in trained), "long7")
 
 

@@ -45,15 +45,16 @@ def _interrupted(e: BaseException) -> bool:
     return False
 
 
-_swallowed_ctrl_c: list[bool] = []
-_ctrl_c_seen: list[bool] = []
+# Set when a Ctrl-C was seen, by the handler below or by the hook for one Python dropped: any error
+# after it is the interruption, however a library reported it.
+_ctrl_c: list[bool] = []
 
 
 def _on_ctrl_c(signum, frame) -> None:
     """Python's own Ctrl-C, remembered: a Ctrl-C that lands inside a C extension's import can come
     out as another error (numpy half-imported: "cannot load module more than once per process"),
     and it is still the user's Ctrl-C, not a fault to report."""
-    _ctrl_c_seen.append(True)
+    _ctrl_c.append(True)
     raise KeyboardInterrupt
 
 
@@ -62,7 +63,7 @@ def _note_ctrl_c(unraisable) -> None:
     printed as "Exception ignored in ..." and dropped, and the command would go on. Note it instead;
     ``main`` stops with its one line as soon as the imports are done."""
     if issubclass(unraisable.exc_type, KeyboardInterrupt):
-        _swallowed_ctrl_c.append(True)
+        _ctrl_c.append(True)
         return
     sys.__unraisablehook__(unraisable)
 
@@ -70,8 +71,7 @@ def _note_ctrl_c(unraisable) -> None:
 def main(argv: list[str] | None = None) -> int:
     # Everything, imports included, runs inside the handlers: Ctrl-C at start-up is one line too.
     sys.unraisablehook = _note_ctrl_c
-    _swallowed_ctrl_c.clear()
-    _ctrl_c_seen.clear()
+    _ctrl_c.clear()
     # Only Python's own handler is replaced (not where Ctrl-C is ignored, as in background jobs, nor
     # another program's), and only in the main thread, where signal handlers live; it is put back.
     previous = signal.getsignal(signal.SIGINT)
@@ -92,13 +92,13 @@ def _run(argv: list[str] | None) -> int:
         parser, commands = build_parser()
         args = parser.parse_args(argv)
         command = args.command
-        if _swallowed_ctrl_c or _ctrl_c_seen:
+        if _ctrl_c:
             raise KeyboardInterrupt
         return commands[command](args)
     except BaseException as e:  # noqa: BLE001 - the user gets one line; FLAMECLIP_DEBUG=1 shows the traceback
         if isinstance(e, SystemExit):
             raise
-        if _interrupted(e) or _swallowed_ctrl_c or _ctrl_c_seen:
+        if _interrupted(e) or _ctrl_c:
             print(f"flameclip {command}: interrupted; {_INTERRUPTED.get(command, 'nothing was lost')}", file=sys.stderr)
             return 130
         if os.environ.get("FLAMECLIP_DEBUG") or not isinstance(e, Exception):

@@ -23,6 +23,11 @@ def row_facets(store) -> list[str]:
     return names
 
 
+def facet_sets(facets: list[str]) -> list[str]:
+    """The prompt sets of "set:index" facet names, in order of first appearance (["single", "long3"])."""
+    return list(dict.fromkeys(f.rsplit(":", 1)[0] for f in facets))
+
+
 def sample_ids(store, seed: int = 0, max_samples: int = 4096) -> list[str]:
     """All ids, or a seeded sample of ``max_samples`` of them in store order."""
     ids = list(store.ids())

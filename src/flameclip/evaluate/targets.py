@@ -60,9 +60,14 @@ def _both(fn, results, flame, clip, *args):
     return fn(_row(results, flame, *args[:2]), *args[2:]), fn(_row(results, clip, *args[:2]), *args[2:])
 
 
+def _either_row(results, flame, clip, task, dataset) -> dict | None:
+    """FLAME's row, else CLIP's: for what both share (the set's counts and chance)."""
+    return _row(results, flame, task, dataset) or _row(results, clip, task, dataset)
+
+
 def _chance(results, flame, clip, task, dataset, name) -> float | None:
     """Chance on a metric, from the counts of either model's row (both score the same set)."""
-    return chance_level(_row(results, flame, task, dataset) or _row(results, clip, task, dataset), name)
+    return chance_level(_either_row(results, flame, clip, task, dataset), name)
 
 
 def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") -> list[Target]:
@@ -97,8 +102,7 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
                 rule,
                 (lambda f, c, n=n: f - c > 2 * stderr(f, c, n)) if wide else (lambda f, c: f > c))
         f, c = _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_acc")
-        chance = _metric(_row(results, flame, "retrieval", dataset) or _row(results, clip, "retrieval", dataset),
-                         "group_image_retrieval_chance")
+        chance = _metric(_either_row(results, flame, clip, "retrieval", dataset), "group_image_retrieval_chance")
         # The captions of one group are not independent: the larger of the two models' standard
         # errors by group, where the results have them (metrics.cluster_stderr).
         se = [x for x in _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_stderr")
