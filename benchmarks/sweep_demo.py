@@ -40,11 +40,12 @@ def sigmoid(lr: str = "1e-3", *extra: str) -> list[str]:
     return ["loss=\"sigmoid\"", f"lr={lr}", f"model.init_logit_bias={BIAS}", *extra]
 
 
-def softmax_default(lr: str = "5e-4", depth: int = 1) -> list[str]:
+def softmax_default(lr: str = "5e-4", depth: int = 1, *extra: str) -> list[str]:
     """The demo's FLAME settings (softmax loss, whitening, conv stem, column draw) with a text adapter
-    of ``depth`` blocks at learning rate ``lr``."""
+    of ``depth`` blocks at learning rate ``lr``, plus ``extra``."""
     return ["loss=\"softmax\"", f"lr={lr}", "model.text_whiten=0.75", "model.vision_stem=\"conv\"",
-            "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", f"model.text_adapter_depth={depth}"]
+            "model.vision_pool=\"attention\"", "positive_draw=\"columns\"", f"model.text_adapter_depth={depth}",
+            *extra]
 
 
 GRID = {
@@ -109,6 +110,9 @@ FLAME_ONLY = {
     # The demo's default with a second adapter block, and at the next learning rate up.
     "softmax-lr5e-4 whiten-0.75 conv-stem attn-pool draw-columns adapter-2": softmax_default(depth=2),
     "softmax-lr1e-3 whiten-0.75 conv-stem attn-pool draw-columns adapter-1": softmax_default("1e-3"),
+    # The demo's default, its whitening fitted on the spread of each image's rows about their mean.
+    "softmax-lr5e-4 whiten-0.75-within-image conv-stem attn-pool draw-columns adapter-1": softmax_default(
+        "5e-4", 1, "model.text_whiten_covariance=\"within-image\""),
     # A demo folder with hard-negative groups in its fit set: each group in one batch.
     "sigmoid-b3.5-lr5e-4 whiten-0.75 conv-stem attn-pool batch-groups": sigmoid(
         "5e-4", "model.text_whiten=0.75", "model.vision_stem=\"conv\"", "model.vision_pool=\"attention\"",

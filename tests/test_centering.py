@@ -129,3 +129,47 @@ def test_whitening_needs_centred_llm_states():
         FlameModel(ModelConfig(text_whiten=0.5))
     with pytest.raises(ValueError, match="text_whiten"):
         FlameModel(ModelConfig(text_whiten=1.5, text_center="global"))
+
+
+def test_within_image_whitening_equalises_the_spread_of_an_images_own_rows(data, tmp_path):  # noqa: F811
+    """With covariance="within-image", full whitening makes the spread of each row about its image's
+    mean row isotropic (where the floor does not bite), not that of all rows; the default stays the
+    total's; a store of one row per image, a typo or the option without whitening are refused."""
+    store = EmbeddingStore(data["store"])
+    _, names, means = store_means(store)
+    view = CenteredStore(store, names, means)
+    rows = np.stack([view.get(i) for i in store.ids()]).astype(np.float64)  # [N, R, D]
+    x = rows.reshape(-1, store.dim)
+    y = (rows - rows.mean(axis=1, keepdims=True)).reshape(-1, store.dim)
+    total, within = x.T @ x / len(x), y.T @ y / len(y)
+    lam = np.linalg.eigvalsh(within)
+    kept = lam > 1e-2 * lam.mean()
+    w = store_whitening(store, 1.0, names, means, covariance="within-image").double().numpy()
+    assert np.allclose(w, w.T, atol=1e-5)
+    out = np.linalg.eigvalsh(w @ within @ w)[kept]
+    assert out.std() / out.mean() < 1e-3
+    assert np.isclose(np.trace(w @ total @ w), np.trace(total), rtol=1e-4)  # an average row keeps its norm
+    # not the same matrix as the total's whitening, which leaves the within-image spread uneven
+    t = store_whitening(store, 1.0, names, means).double().numpy()
+    uneven = np.linalg.eigvalsh(t @ within @ t)[kept]
+    assert uneven.std() / uneven.mean() > 0.1
+    with pytest.raises(ValueError, match="covariance"):
+        store_whitening(store, 1.0, names, means, covariance="within")
+
+    class OneRowPerImage:  # the store's alt-text rows alone
+        root, ids, get_many = "one-row-store", store.ids, lambda self, ids: store.get_many(ids)[:, :1]
+
+    with pytest.raises(ValueError, match="several rows per image.*one-row-store"):
+        store_whitening(OneRowPerImage(), 1.0, mean=torch.zeros(store.dim), covariance="within-image")
+    with pytest.raises(ValueError, match="text_whiten_covariance"):
+        FlameModel(ModelConfig(text_whiten=0.5, text_center="prompt", text_whiten_covariance="within"))
+    with pytest.raises(ValueError, match="needs whitening"):
+        FlameModel(ModelConfig(text_center="prompt", text_whiten_covariance="within-image"))
+    # trained with it, the checkpoint holds that matrix
+    cfg = load_config(None, [f"train_manifest={data['manifest']}", f"store={data['store']}", f"out={tmp_path / 'r'}",
+                             "batch_size=8", "max_steps=1", "save_every=100", 'model.text_center="prompt"',
+                             "model.text_whiten=0.75", 'model.text_whiten_covariance="within-image"', *TINY])
+    m = load(train(cfg, progress=False).checkpoint, text_cache=tmp_path / "cache")
+    want = store_whitening(store, 0.75, names, means, covariance="within-image")
+    assert torch.allclose(m.model.text_whitening.cpu(), want, atol=1e-6)
+    assert m.cfg.text_whiten_covariance == "within-image"

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TEXT_TOWERS = ("llm", "clip")
+# Whose spread the whitening of the frozen states equalises (data.centering.store_whitening).
+WHITENING_COVARIANCES = ("total", "within-image")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,12 @@ class ModelConfig:
     # A few directions (template, length, prompt) hold most of the variance of raw states; what
     # tells scenes apart lives in the small ones, which plain cosine similarity barely sees.
     text_whiten: float = 0.0
+    # Whose spread the whitening equalises: "total" (all centred rows, the default) or
+    # "within-image" (each row about its own image's mean row: the directions where an image's
+    # captions and facets disagree are damped, those they share weigh more). Needs several rows per
+    # image; on the demo's validation split it trades held-out long and short captions for alt-text,
+    # other languages and unseen phrasing (BENCHMARKS.md, "Whitening within an image").
+    text_whiten_covariance: str = "total"
     # A trainable adapter on the frozen LLM states (FLAME only): this many residual MLP blocks of the
     # text's own width, each zero-initialised so training starts from the paper's frozen-only text
     # side. 0 (the default) is the paper's form; ShareLock and LiT-style setups train such a head.
@@ -125,6 +133,12 @@ class ModelConfig:
             raise ValueError(f"text_center must be true, false, \"global\" or \"prompt\", got {self.text_center!r}")
         if not 0.0 <= self.text_whiten <= 1.0:
             raise ValueError(f"text_whiten must be in [0, 1], got {self.text_whiten}")
+        if self.text_whiten_covariance not in WHITENING_COVARIANCES:
+            raise ValueError(f"text_whiten_covariance must be one of {WHITENING_COVARIANCES}, "
+                             f"got {self.text_whiten_covariance!r}")
+        if self.text_whiten_covariance != "total" and not self.text_whiten:
+            raise ValueError(f"text_whiten_covariance={self.text_whiten_covariance!r} needs whitening: "
+                             "set text_whiten to a power in (0, 1]")
         if self.text_whiten and (self.text_tower != "llm" or self.center_mode == "none"):
             raise ValueError("text_whiten applies to centred LLM states: set text_center to \"global\" or \"prompt\"")
         if self.text_adapter_depth < 0:

@@ -46,6 +46,7 @@ class DemoSizes:
     train_views: int = 0  # extra drawings of each fit scene, glyphs moved within their cells
     glyph_cards: int = 0  # records per vocabulary glyph of the glyph alone, captioned by its name only
     card_views: int = 0  # extra drawings of each glyph card (training draws one per epoch)
+    background_cards: int = 0  # records of a background alone (no glyph), captioned by the background only
     train_groups: int = 0  # groups of scenes that differ only in their last-named object, batched together
     val_groups: int = 0  # held-out groups of the same kind (train/val_suite.toml), for choosing settings
 
@@ -150,7 +151,8 @@ def data_kwargs(scale: str) -> dict:
     sizes = SIZES[scale]
     kw = {"scale": "gpu" if scale == "gpu" else "cpu", "n_train": sizes.n_train, "n_val": sizes.n_val,
           "sparse_percent": sizes.sparse_percent, "train_views": sizes.train_views, "image_size": sizes.image_size,
-          "glyph_cards": sizes.glyph_cards, "card_views": sizes.card_views, "train_groups": sizes.train_groups,
+          "glyph_cards": sizes.glyph_cards, "card_views": sizes.card_views,
+          "background_cards": sizes.background_cards, "train_groups": sizes.train_groups,
           "val_groups": sizes.val_groups}
     if scale == "tiny":
         kw.update(long_groups=4, group_size=2, n_short=8, n_classes=4, per_class=2, n_multilingual=4,

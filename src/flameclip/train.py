@@ -254,7 +254,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             centering = (means[1], means[2])  # text_facets is set below, for every FLAME run
         if cfg.model.text_whiten:
             whitening = store_whitening(store, cfg.model.text_whiten, *(centering or (None, None)), mean=means[0],
-                                        seed=cfg.seed)
+                                        seed=cfg.seed, covariance=cfg.model.text_whiten_covariance)
     train_ds = build_dataset(cfg, cfg.train_manifest, train=True, centering=centering)
     if cfg.model.text_tower == "llm":
         store = train_ds.text.store

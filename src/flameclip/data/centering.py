@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import WHITENING_COVARIANCES
+
 
 def row_facets(store) -> list[str]:
     """The facet of every store row, as "set:index" (e.g. ["single:0", "long7:0", ..., "long7:6"])."""
@@ -50,16 +52,21 @@ def store_means(store, seed: int = 0, max_samples: int = 4096) -> tuple[torch.Te
 def store_whitening(store, power: float, facet_names: list[str] | None = None,
                     facet_means: torch.Tensor | None = None, mean: torch.Tensor | None = None,
                     seed: int = 0, max_samples: int = 4096, shrink: float = 1e-2,
-                    rms: float | None = None) -> torch.Tensor:
+                    rms: float | None = None, covariance: str = "total") -> torch.Tensor:
     """A symmetric [D, D] matrix W with x @ W the centred state x whitened to ``power`` (0..1).
 
     Fitted on the rows of (a sample of) the store, each centred as the model centres it (its facet's
-    mean with "prompt" centring, else ``mean``). Eigenvalues are floored at ``shrink`` times their
+    mean with "prompt" centring, else ``mean``). ``covariance`` says whose spread is equalised:
+    "total", that of all centred rows; "within-image", that of each row about the mean of its own
+    image's rows (its captions and facets), so the directions where one image's texts disagree are
+    damped and those they share weigh more. Eigenvalues are floored at ``shrink`` times their
     mean before the inverse power, so directions with almost no variance are not blown up into
     noise. W is scaled so that an average row keeps its norm (cosines do not care; the logit scale's
     initial value stays meaningful for the loss), or, with ``rms``, so that a row has that
     root-mean-square per dimension (what a text adapter's residual branch is measured against).
     """
+    if covariance not in WHITENING_COVARIANCES:
+        raise ValueError(f"covariance must be one of {WHITENING_COVARIANCES}, got {covariance!r}")
     rows = store.get_many(sample_ids(store, seed, max_samples)).astype(np.float64)  # [N, R, D]
     if facet_means is not None:
         index = {n: i for i, n in enumerate(facet_names)}
@@ -68,7 +75,14 @@ def store_whitening(store, power: float, facet_names: list[str] | None = None,
         rows = rows - mean.double().numpy()
     x = rows.reshape(-1, rows.shape[-1])
     cov = x.T @ x / len(x)
-    eigval, eigvec = np.linalg.eigh(cov)
+    spread = cov
+    if covariance == "within-image":
+        if rows.shape[1] < 2:
+            raise ValueError(f"whitening within an image needs several rows per image (captions or facets); "
+                             f"{store.root} holds {rows.shape[1]}: use text_whiten_covariance=\"total\"")
+        y = (rows - rows.mean(axis=1, keepdims=True)).reshape(-1, rows.shape[-1])
+        spread = y.T @ y / len(y)
+    eigval, eigvec = np.linalg.eigh(spread)
     eigval = np.maximum(eigval, shrink * max(eigval.mean(), 1e-12))
     w = (eigvec * eigval ** (-power / 2)) @ eigvec.T
     target = np.trace(cov) if rms is None else rms ** 2 * cov.shape[0]

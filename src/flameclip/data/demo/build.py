@@ -8,7 +8,9 @@ writes, under the root::
     train/fit.jsonl, train/val.jsonl  the same scenes split: the last n_val are held out for validation
                         (learning curves, choosing settings); the evaluation sets below are never used for that
                         fit.jsonl also holds the glyph cards (glyph_cards per vocabulary glyph: the glyph
-                        alone in 1 + card_views drawings, captioned by its name only), spread through it
+                        alone in 1 + card_views drawings, captioned by its name only) and the background
+                        cards (background_cards of them: a background with no glyph, captioned by it),
+                        spread through it
     train/scenes.jsonl  (id and what is in each image: glyphs, positions, sizes, boxes, background)
                         with train_groups: groups of group_size scenes that differ only in their last-named
                         object (as the hard negatives below), in fit.jsonl with a "group" column
@@ -45,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ...fileio import marker_matches, write_marker
 from . import glyphs as G
-from .cards import glyph_cards, interleave
+from .cards import background_cards, glyph_cards, interleave
 from .rephrase import novel_long_caption
 from .scenes import (
     CLIP_TEXT_TOKENS,
@@ -55,7 +57,9 @@ from .scenes import (
     jitter_view,
     long_caption,
     random_scene,
+    Scene,
     render_scene,
+    sample_background,
     sample_hard_negative_group,
     sample_scene,
     short_caption,
@@ -69,10 +73,10 @@ BUILD_VERSION = 4
 # the Fashion-MNIST subset (train split for the linear probe, t10k for the probe's test and zero-shot).
 SCALES = {
     "cpu": dict(image_size=64, vocab_size=100, n_train=2000, n_val=200, sparse_percent=0, train_views=0,
-                glyph_cards=0, card_views=0, train_groups=0, val_groups=0, long_groups=50, group_size=4, n_short=200,
+                glyph_cards=0, card_views=0, background_cards=0, train_groups=0, val_groups=0, long_groups=50, group_size=4, n_short=200,
                 n_classes=50, per_class=4, n_multilingual=50, fashion_train=2000, fashion_test=1000),
     "gpu": dict(image_size=64, vocab_size=1000, n_train=20000, n_val=1000, sparse_percent=0, train_views=0,
-                glyph_cards=0, card_views=0, train_groups=0, val_groups=0, long_groups=500, group_size=4, n_short=2000,
+                glyph_cards=0, card_views=0, background_cards=0, train_groups=0, val_groups=0, long_groups=500, group_size=4, n_short=2000,
                 n_classes=500, per_class=4, n_multilingual=500, fashion_train=2000, fashion_test=1000),
 }
 
@@ -82,7 +86,7 @@ FASHION_SIZES = ("fashion_train", "fashion_test")
 
 # Part of every image's seed, so that the splits never share a random stream.
 (SPLIT_TRAIN, SPLIT_LONG, SPLIT_SHORT, SPLIT_ZEROSHOT, SPLIT_MULTI, SPLIT_NOVEL, SPLIT_TRAIN_VIEWS, SPLIT_CARDS,
- SPLIT_TRAIN_GROUPS, SPLIT_VAL_GROUPS) = range(10)
+ SPLIT_TRAIN_GROUPS, SPLIT_VAL_GROUPS, SPLIT_BACKGROUNDS) = range(11)
 
 
 
@@ -164,6 +168,8 @@ def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
         raise ValueError("train_groups and val_groups must be >= 0 (groups of hard negatives)")
     if params["glyph_cards"] < 0 or params["card_views"] < 0:
         raise ValueError("glyph_cards and card_views must be >= 0 (records per glyph, extra drawings per record)")
+    if params["background_cards"] < 0:
+        raise ValueError(f"background_cards must be >= 0 (records of a background alone), not {params['background_cards']}")
     if params["train_views"] < 0:
         raise ValueError(f"train_views must be >= 0 (extra drawings of each training scene), not {params['train_views']}")
     if not 0 <= params["n_val"] < params["n_train"]:
@@ -182,7 +188,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
                     image_size: int | None = None, vocab_size: int | None = None, n_train: int | None = None,
                     n_val: int | None = None, sparse_percent: int | None = None, train_views: int | None = None,
                     glyph_cards: int | None = None, card_views: int | None = None,
-                    train_groups: int | None = None, val_groups: int | None = None, long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
+                    background_cards: int | None = None, train_groups: int | None = None, val_groups: int | None = None, long_groups: int | None = None, group_size: int | None = None, n_short: int | None = None,
                     n_classes: int | None = None, per_class: int | None = None,
                     n_multilingual: int | None = None, fashion_train: int | None = None,
                     fashion_test: int | None = None) -> dict[str, Path]:
@@ -198,7 +204,7 @@ def build_demo_data(root: str | Path, scale: str = "cpu", seed: int = 0, *, prog
     root = Path(root)
     params = resolve_params(scale, seed, image_size=image_size, vocab_size=vocab_size, n_train=n_train, n_val=n_val,
                             sparse_percent=sparse_percent, train_views=train_views, glyph_cards=glyph_cards,
-                            card_views=card_views, train_groups=train_groups, val_groups=val_groups,
+                            card_views=card_views, background_cards=background_cards, train_groups=train_groups, val_groups=val_groups,
                             long_groups=long_groups, group_size=group_size, n_short=n_short, n_classes=n_classes,
                             per_class=per_class, n_multilingual=n_multilingual, fashion_train=fashion_train,
                             fashion_test=fashion_test)
@@ -230,7 +236,7 @@ def _build_emoji(root: Path, done: Path, params: dict, progress: bool) -> None:
 def _build(out: Path, p: dict, progress: bool) -> dict:
     seed, S, gs = p["seed"], p["image_size"], p["group_size"]
     vocab = G.vocabulary(p["vocab_size"])
-    total = (p["n_train"] + len(vocab) * p["glyph_cards"] * (1 + p["card_views"])
+    total = (p["n_train"] + len(vocab) * p["glyph_cards"] * (1 + p["card_views"]) + p["background_cards"]
              + (2 * p["long_groups"] + p["train_groups"] + p["val_groups"]) * gs
              + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"])
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
@@ -274,6 +280,18 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         return scene, f"images/{sid}-v{v}.png"
 
     cards = glyph_cards(vocab, p["glyph_cards"], p["card_views"], draw_card, caps, scenes)
+
+    def draw_background(i: int, sid: str):  # a background alone, saved; its scene
+        def make(rng):
+            scene = Scene(size=S, background=sample_background(rng), objects=(), caption_seed=0)
+            return scene, render_scene(scene)
+        scene, im = _draw_unique(writer, seed, SPLIT_BACKGROUNDS, (i,), make)
+        writer.save(im, train / f"images/{sid}.png")
+        bar.update()
+        return scene, f"images/{sid}.png"
+
+    cards = interleave(cards, background_cards(p["background_cards"], draw_background, caps, scenes)) \
+        if p["background_cards"] else cards
     manifest += cards
 
     # Long-caption retrieval with hard negatives: each group differs only in its last-named object.

@@ -9,7 +9,7 @@ image tower can only hit by knowing the glyph, not by remembering one picture.
 from __future__ import annotations
 
 from .glyphs import Glyph
-from .scenes import article
+from .scenes import Background, _cap, article
 
 
 def card_captions(glyph: Glyph) -> dict[str, str]:
@@ -37,6 +37,31 @@ def glyph_cards(vocab: list[Glyph], per_glyph: int, views: int, draw, caps: list
                     scenes.append({"id": sid, **scene.to_json()})
             out.append({"id": sid, "image": files[0], **({"views": files[1:]} if files[1:] else {})})
             caps.append({"id": sid, **card_captions(glyph)})
+    return out
+
+
+def background_captions(background: Background) -> dict[str, str]:
+    """A background card's captions: what the image holds, a background and no object."""
+    return {"raw": background.short().removeprefix("a ").removeprefix("an "),
+            "short": f"{_cap(background.short())}.",
+            "long": f"The image shows no objects on {background.long()}."}
+
+
+def background_cards(count: int, draw, caps: list, scenes: list) -> list[dict]:
+    """``count`` manifest records of a background alone (no glyph), each its own background.
+
+    The training scenes' captions name their background in a short phrase beside several glyph
+    names, where a frozen LLM's state of the caption holds the colours faintly. A card whose
+    captions say only the background gives the image tower a target that is the colours alone.
+    ``draw(index, sid)`` saves the drawing and returns (its scene, its path).
+    """
+    out = []
+    for i in range(count):
+        sid = f"background-{i:05d}"
+        scene, path = draw(i, sid)
+        scenes.append({"id": sid, **scene.to_json()})
+        out.append({"id": sid, "image": path})
+        caps.append({"id": sid, **background_captions(scene.background)})
     return out
 
 
