@@ -129,3 +129,18 @@ def test_group_scores_give_their_standard_error_by_group():
     assert s["group_image_retrieval_acc"] == 0.5
     # Group sums of (hit - 0.5): +1 and -1; sqrt(2 / 1 * 2) / 4 = 0.5.
     assert s["group_image_retrieval_stderr"] == pytest.approx(0.5)
+
+
+def test_retrieval_recall_gets_its_standard_error_by_group_when_texts_come_in_groups():
+    from flameclip.evaluate.metrics import retrieval_metrics
+
+    # Four images; texts 0-1 (group a) find their images, texts 2-3 (group b) each prefer the other's.
+    img = torch.eye(4)
+    txt = torch.stack([img[0], img[1], img[3], img[2]])
+    plain = retrieval_metrics(img, txt, [0, 1, 2, 3], ks=(1,))
+    assert plain["image_retrieval_recall@1"] == 0.5 and not any(k.endswith("_stderr") for k in plain)
+    m = retrieval_metrics(img, txt, [0, 1, 2, 3], ks=(1,), text_groups=["a", "a", "b", "b"])
+    # two clusters whose means are 1 and 0: the s.e. of their mean, 0.5, against 0.29 for four independent texts
+    assert m["image_retrieval_recall@1_stderr"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="text_groups"):
+        retrieval_metrics(img, txt, [0, 1, 2, 3], text_groups=["a"])

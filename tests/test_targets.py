@@ -79,6 +79,22 @@ def test_a_group_score_uses_its_standard_error_by_group():
     assert group.stderr == 0.2 and group.met is False  # the larger of the two
 
 
+def test_recall_in_unseen_phrasing_uses_its_standard_error_by_group():
+    # 0.30 vs 0.20 over 200 captions: a lead of 10 points against 2 x 3.1 by the proportion...
+    res = _results()
+    assert _by(evaluate_targets(res))[("long captions in unseen phrasing", "text→image R@1")].met
+    # ...but 50 groups of four whose hits go together have one s.e. of 0.06: 10 < 2 x 6.
+    for row in res["results"]:
+        if row["dataset"] == "scenes-novel-phrasing":
+            row["metrics"][T2I + "1_stderr"] = 0.06 if row["checkpoint"] == "FLAME" else 0.05
+    t = _by(evaluate_targets(res))
+    r1 = t[("long captions in unseen phrasing", "text→image R@1")]
+    assert r1.stderr == 0.06 and r1.met is False
+    # The hard-negative set's R@1 has none here: the proportion's s.e. stays, and the table says which.
+    assert t[("long captions, hard negatives", "text→image R@1")].stderr == pytest.approx(math.sqrt(0.25 * 0.75 / 200))
+    assert "by group" in targets_table(list(t.values()), markdown=True)
+
+
 def test_a_lead_within_noise_is_not_a_wide_lead():
     t = _by(evaluate_targets(_results(flame_long_r1=0.22, clip_long_r1=0.20)))
     assert t[("long captions, hard negatives", "text→image R@1")].met  # "ahead" only

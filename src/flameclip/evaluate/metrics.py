@@ -65,7 +65,8 @@ def _recall_at(above, tied_negatives, tied_positives, k: int):
 
 
 @torch.no_grad()
-def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10), *, chunk_size=1024):
+def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10), *, chunk_size=1024,
+                      text_groups=None):
     """
     Image<->text retrieval recall@k, as clip_benchmark's zeroshot_retrieval.
 
@@ -76,6 +77,9 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
     ks: the k's of recall@k. k > number of candidates is clipped to that number
         (so that recall is 1.0), where clip_benchmark's torch.topk would raise.
     chunk_size: queries scored at once, so memory is chunk_size x N, not Nt x Ni.
+    text_groups: optional, one label per text: texts of one label are not independent draws (the
+        captions of a hard-negative group), and each text->image recall@k gets its standard error
+        by group as well, "image_retrieval_recall@k_stderr" (see ``cluster_stderr``).
 
     Returns {"image_retrieval_recall@k": ..., "text_retrieval_recall@k": ...} per k:
         image retrieval = text query -> images, averaged over texts;
@@ -122,10 +126,15 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
         image_ranks.append(_tie_counts(scores, positives))
     image_ranks = [torch.cat(c) for c in zip(*image_ranks)]
 
+    if text_groups is not None and len(text_groups) != n_texts:
+        raise ValueError(f"text_groups must name the group of each of the {n_texts} texts, got {len(text_groups)}")
     metrics = {}
     for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = _recall_at(*text_ranks, k).mean().item()
+        hits = _recall_at(*text_ranks, k)
+        metrics[f"image_retrieval_recall@{k}"] = hits.mean().item()
         metrics[f"text_retrieval_recall@{k}"] = _recall_at(*image_ranks, k).mean().item()
+        if text_groups is not None and (se := cluster_stderr(hits.cpu().numpy(), text_groups)) is not None:
+            metrics[f"image_retrieval_recall@{k}_stderr"] = se
     return metrics
 
 

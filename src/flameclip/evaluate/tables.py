@@ -30,6 +30,7 @@ T2I = "image_retrieval_recall@"  # CLIP_benchmark's name for text->image recall
 I2T = "text_retrieval_recall@"  # and for image->text recall
 LANGUAGE_METRIC = T2I + "1"
 _RECALL = re.compile(r"^(image|text)_retrieval_recall@(\d+)$")
+_RECALL_STDERR = re.compile(r"^image_retrieval_recall@(\d+)_stderr$")  # by group, where texts come in groups
 
 # Metrics are listed in this order within a (task, dataset, mode); recall@K sorts by K.
 _METRIC_ORDER = ("acc1", "acc5", "mean_per_class_recall")
@@ -155,6 +156,8 @@ def metric_name(name: str) -> str:
     if recall:
         direction = "text→image" if recall.group(1) == "image" else "image→text"
         return f"{direction} R@{recall.group(2)}"
+    if stderr := _RECALL_STDERR.match(name):
+        return f"text→image R@{stderr.group(1)}, 1 s.e. by group"
     return _METRIC_NAMES.get(name, name)
 
 
@@ -189,8 +192,12 @@ class _Line:
     delta: str | None  # None when there is no Δ column (fewer than two checkpoints)
 
 
-def _line(keys: tuple[str, ...], values: list[float | None]) -> _Line:
+def _line(keys: tuple[str, ...], values: list[float | None], rank: bool = True) -> _Line:
+    """A row of figures; ``rank=False`` for one that is not a score (a chance level, a standard
+    error), where no value is best and a difference means nothing."""
     shown = [_pct(v) for v in values]
+    if not rank:
+        return _Line(keys, tuple(shown), (False,) * len(shown), "" if len(values) >= 2 else None)
     # Best and Δ are taken from the shown (rounded) numbers so the table agrees with itself:
     # a reader checking "41.0 − 28.7" must find "+12.3", and equal-looking values tie.
     rounded = [None if s == MISSING else float(s) for s in shown]
@@ -213,7 +220,8 @@ def _main_lines(results: dict) -> list[_Line]:
     for group in _groups(results):
         for name in _metric_names(group):
             values = [_metric(entry, name) for entry in group.entries]
-            lines.append(_line((_task_name(group.task), group.title, metric_name(name)), values))
+            lines.append(_line((_task_name(group.task), group.title, metric_name(name)), values,
+                               rank=not name.endswith(("_chance", "_stderr"))))
     return lines
 
 

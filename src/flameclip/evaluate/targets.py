@@ -25,7 +25,7 @@ class Target:
     n: int  # queries behind each figure (for the standard error)
     rule: str  # the claim, in words
     met: bool | None  # None: a figure is missing
-    se: float | None = None  # one standard error measured with the figures (group scores: by group)
+    se: float | None = None  # one standard error measured with the figures (hard-negative sets: by group)
 
     @property
     def stderr(self) -> float | None:
@@ -97,17 +97,14 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
         n = _counts(results, dataset, "texts") or 0
         for k in (1, 5):
             f, c = _both(_metric, results, flame, clip, "retrieval", dataset, T2I + str(k))
+            se = _group_stderr(results, flame, clip, dataset, f"{T2I}{k}_stderr")
             rule = "FLAME ahead by > 2 s.e." if wide else "FLAME ahead"
             add(label, f"text→image R@{k}", f, c, _chance(results, flame, clip, "retrieval", dataset, T2I + str(k)), n,
                 rule,
-                (lambda f, c, n=n: f - c > 2 * stderr(f, c, n)) if wide else (lambda f, c: f > c))
+                (lambda f, c, n=n, se=se: f - c > 2 * (se or stderr(f, c, n))) if wide else (lambda f, c: f > c), se)
         f, c = _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_acc")
         chance = _metric(_either_row(results, flame, clip, "retrieval", dataset), "group_image_retrieval_chance")
-        # The captions of one group are not independent: the larger of the two models' standard
-        # errors by group, where the results have them (metrics.cluster_stderr).
-        se = [x for x in _both(_metric, results, flame, clip, "retrieval", dataset, "group_image_retrieval_stderr")
-              if x is not None]
-        se = max(se) if len(se) == 2 else None
+        se = _group_stderr(results, flame, clip, dataset, "group_image_retrieval_stderr")
         add(label, "group score (caption picks its image in its group)", f, c, chance, n,
             "FLAME ahead by > 2 s.e.", lambda f, c, n=n, se=se: f - c > 2 * (se or stderr(f, c, n)), se)
     f, c = _both(_metric, results, flame, clip, "retrieval", "scenes-short", T2I + "1")
@@ -121,6 +118,14 @@ def evaluate_targets(results: dict, flame: str = "FLAME", clip: str = "CLIP") ->
         add("Fashion-MNIST linear probe", "acc@1", f, c, chance, n, "FLAME not behind by > 1 s.e.",
             lambda f, c, n=n: c - f <= stderr(f, c, n))
     return out
+
+
+def _group_stderr(results: dict, flame: str, clip: str, dataset: str, name: str) -> float | None:
+    """The larger of the two models' standard errors ``name`` measured by group, or None where either
+    lacks it. The captions of one hard-negative group are not independent draws, so a standard error
+    over all captions (``stderr``) understates the noise (metrics.cluster_stderr)."""
+    se = [x for x in _both(_metric, results, flame, clip, "retrieval", dataset, name) if x is not None]
+    return max(se) if len(se) == 2 else None
 
 
 def _counts(results: dict, dataset: str, key: str) -> int | None:
@@ -139,7 +144,7 @@ def targets_table(targets: list[Target], markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * 4 + ["---"] * 2) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines) + ("\n\nValues in %; 1 s.e. is one standard error of a proportion near these figures "
-                                   "(for a group score: by group, the larger of the two models').\n")
+                                   "(for the hard-negative sets: by group, the larger of the two models').\n")
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     render = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 6, 7) else c.rjust(w)  # noqa: E731
                                      for i, (c, w) in enumerate(zip(cells, widths))).rstrip()

@@ -120,7 +120,8 @@ class Evaluator:
     def _retrieval(self, ds: RetrievalSet, mode: str) -> dict:
         img = self.image_features(ds.images)
         txt = self.m.encode_text(ds.texts, mode=mode)
-        metrics = retrieval_metrics(img, txt, torch.tensor(ds.text_to_image))
+        groups = None if ds.image_groups is None else [ds.image_groups[i] for i in ds.text_to_image]
+        metrics = retrieval_metrics(img, txt, torch.tensor(ds.text_to_image), text_groups=groups)
         if ds.image_groups is not None:
             metrics.update(group_scores(img, txt, ds.text_to_image, ds.image_groups))
         return metrics
