@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ...fileio import marker_matches, write_marker
 from . import glyphs as G
-from .cards import background_cards, glyph_cards, interleave
+from .cards import background_alone, background_cards, glyph_cards, interleave
 from .rephrase import novel_long_caption
 from .scenes import (
     CLIP_TEXT_TOKENS,
@@ -57,9 +57,7 @@ from .scenes import (
     jitter_view,
     long_caption,
     random_scene,
-    Scene,
     render_scene,
-    sample_background,
     sample_hard_negative_group,
     sample_scene,
     short_caption,
@@ -282,16 +280,12 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     cards = glyph_cards(vocab, p["glyph_cards"], p["card_views"], draw_card, caps, scenes)
 
     def draw_background(i: int, sid: str):  # a background alone, saved; its scene
-        def make(rng):
-            scene = Scene(size=S, background=sample_background(rng), objects=(), caption_seed=0)
-            return scene, render_scene(scene)
-        scene, im = _draw_unique(writer, seed, SPLIT_BACKGROUNDS, (i,), make)
+        scene, im = _draw_unique(writer, seed, SPLIT_BACKGROUNDS, (i,), background_alone(S))
         writer.save(im, train / f"images/{sid}.png")
         bar.update()
         return scene, f"images/{sid}.png"
 
-    cards = interleave(cards, background_cards(p["background_cards"], draw_background, caps, scenes)) \
-        if p["background_cards"] else cards
+    cards = interleave(cards, background_cards(p["background_cards"], draw_background, caps, scenes))
     manifest += cards
 
     # Long-caption retrieval with hard negatives: each group differs only in its last-named object.
