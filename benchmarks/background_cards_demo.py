@@ -26,17 +26,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from flameclip.data.demo.build import build_demo_data
-    from flameclip.demo import DEMO_LLM, DEMO_PROMPTS, data_kwargs, store_dir
-    from flameclip.embed import EmbedConfig, run_embed
-    from flameclip.text.llm import fast_dtype
+    from flameclip.demo import data_kwargs, embed_demo_captions
 
     out = Path(args.out)
     t0 = time.perf_counter()
     paths = build_demo_data(out / "data", seed=args.seed, **{**data_kwargs("cpu"), "background_cards": args.cards})
     t1 = time.perf_counter()
-    run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store_dir(out, DEMO_LLM)), llm=DEMO_LLM,
-                          prompts=DEMO_PROMPTS, compute_dtype=fast_dtype(), shard_size=256,
-                          text_cache=str(out / "text-cache")))
+    embed_demo_captions(out, paths["train_captions"])
     t2 = time.perf_counter()
     print(f"\n| step | seconds |\n|---|---:|\n| data ({args.cards} background cards) | {t1 - t0:.0f} |\n"
           f"| embed | {t2 - t1:.0f} |")

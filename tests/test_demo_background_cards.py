@@ -61,6 +61,8 @@ def test_background_cards_show_their_background_alone_and_change_nothing_else(tm
             assert positions == sorted(positions), text
         assert "no objects" in cap["long"] and not any(g in cap["raw"] for g in (",", "object"))
     assert len(pictures) == len(cards)
+    counts = json.loads(Path(p["done"]).read_text(encoding="utf-8"))["counts"]
+    assert (counts["background_cards"], counts["glyph_cards"]) == (12, 0)
 
     # The scenes, the validation split and every evaluation file are those of a build without cards.
     plain = build_demo_data(tmp_path / "plain", "cpu", seed=0, progress=False, **TINY)

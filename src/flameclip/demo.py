@@ -197,12 +197,24 @@ def subset_manifest(manifest: Path, fraction: float, out: Path) -> Path:
     return out
 
 
+def embed_demo_captions(out: Path, captions: Path, llm: str = DEMO_LLM, progress: bool = True) -> Path:
+    """Embed a demo folder's training captions into its store (``store_dir``) as the demo does; returns
+    the store. The text cache keeps every caption's states: a demo run again at other sizes, or on
+    data with records added, encodes only the new captions."""
+    from .embed import EmbedConfig, run_embed
+    from .text.llm import fast_dtype
+
+    store = store_dir(out, llm)
+    run_embed(EmbedConfig(captions=str(captions), out=str(store), llm=llm, prompts=DEMO_PROMPTS,
+                          compute_dtype=fast_dtype(), shard_size=256, text_cache=str(out / "text-cache")),
+              progress=progress)
+    return store
+
+
 def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "cpu", seed: int = 0,
              workers: int = -1, precision: str = "auto", progress: bool = True,
              data_efficiency: bool = False) -> dict:
     from .data.demo.build import build_demo_data
-    from .embed import EmbedConfig, run_embed
-    from .text.llm import fast_dtype
     from .evaluate.curves import plot_learning_curves
     from .evaluate.efficiency import plot_data_efficiency
     from .evaluate.report import console_table, write_report
@@ -225,11 +237,7 @@ def run_demo(out: str | Path = "runs/demo", llm: str = DEMO_LLM, scale: str = "c
     paths = build_demo_data(out / "data", seed=seed, progress=progress, **data_kwargs(scale))
     t = lap("data", t0)
 
-    store = store_dir(out, llm)
-    # The text cache keeps every caption's states: a demo run again at other sizes encodes only new captions.
-    run_embed(EmbedConfig(captions=str(paths["train_captions"]), out=str(store), llm=llm, prompts=DEMO_PROMPTS,
-                          compute_dtype=fast_dtype(), shard_size=256, text_cache=str(out / "text-cache")),
-              progress=progress)
+    store = embed_demo_captions(out, paths["train_captions"], llm, progress)
     t = lap("embed captions", t)
 
     fit, val = paths["fit_manifest"], paths["val_manifest"]

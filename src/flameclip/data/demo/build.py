@@ -37,7 +37,6 @@ training images and from each other. Same seed and sizes give byte-identical fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -47,21 +46,10 @@ from tqdm.auto import tqdm
 
 from ...fileio import marker_matches, write_marker
 from . import glyphs as G
-from .cards import background_alone, background_cards, glyph_cards, interleave
+from .cards import background_cards, glyph_cards, interleave
+from .drawing import Writer, background_alone, draw_unique, hard_negative_groups, single_glyph
 from .rephrase import novel_long_caption
-from .scenes import (
-    CLIP_TEXT_TOKENS,
-    common_prefix,
-    captions,
-    clip_pieces,
-    jitter_view,
-    long_caption,
-    random_scene,
-    render_scene,
-    sample_hard_negative_group,
-    sample_scene,
-    short_caption,
-)
+from .scenes import captions, jitter_view, long_caption, random_scene, render_scene, short_caption
 from .suite import SUITE_TOML, VAL_SUITE_TOML, write_suites
 
 # Bump when the output changes for the same parameters, so old builds are rebuilt.
@@ -108,43 +96,6 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-class _Writer:
-    """Saves PNGs and refuses pixel-identical repeats (the caller draws again)."""
-
-    def __init__(self):
-        self.seen: set[bytes] = set()
-
-    def unique(self, im) -> bool:
-        h = hashlib.sha1(im.tobytes()).digest()
-        if h in self.seen:
-            return False
-        self.seen.add(h)
-        return True
-
-    @staticmethod
-    def save(im, path: Path) -> None:
-        # Fixed settings and no metadata: the bytes depend on the pixels only.
-        im.save(path, format="PNG", compress_level=6)
-
-
-def _draw_unique(writer: _Writer, seed: int, split: int, index: tuple, make):
-    """``make(rng)`` -> (scene, image), redrawn with the next attempt while its image is a repeat."""
-    for attempt in range(100):
-        rng = np.random.default_rng([seed, split, *index, attempt])
-        scene, im = make(rng)
-        if writer.unique(im):
-            return scene, im
-    raise RuntimeError(f"could not draw a new image for split {split} item {index}")
-
-
-def _single(glyph: G.Glyph, size: int):
-    """One glyph alone, at a random cell, size and background."""
-    def make(rng):
-        scene = sample_scene(rng, [glyph], size, glyphs=[glyph])
-        return scene, render_scene(scene)
-    return make
 
 
 def resolve_params(scale: str = "cpu", seed: int = 0, **sizes) -> dict:
@@ -238,7 +189,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
              + (2 * p["long_groups"] + p["train_groups"] + p["val_groups"]) * gs
              + p["n_short"] + p["n_classes"] * p["per_class"] + p["n_multilingual"])
     bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress)
-    writer = _Writer()
+    writer = Writer()
     train, ev = out / "train", out / "eval"
     (train / "images").mkdir(parents=True)
     for sub in ("long", "novel", "short", "zeroshot", "multilingual"):
@@ -252,7 +203,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     fit_count = p["n_train"] - p["n_val"]
     for i in range(p["n_train"]):
         sparse = (i * p["sparse_percent"]) // 100 != ((i + 1) * p["sparse_percent"]) // 100
-        scene, im = _draw_unique(writer, seed, SPLIT_TRAIN, (i,),
+        scene, im = draw_unique(writer, seed, SPLIT_TRAIN, (i,),
                                  lambda rng: random_scene(rng, vocab, S, max_glyphs=3 if sparse else 9))
         sid = f"train-{i:06d}"
         writer.save(im, train / "images" / f"{sid}.png")
@@ -272,7 +223,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     cut = len(manifest) - p["n_val"]
     fit, val = manifest[:cut], manifest[cut:]
     def draw_card(j: int, glyph, sid: str, r: int, v: int):  # one drawing of a card, saved; its scene
-        scene, im = _draw_unique(writer, seed, SPLIT_CARDS, (j, r, v), _single(glyph, S))
+        scene, im = draw_unique(writer, seed, SPLIT_CARDS, (j, r, v), single_glyph(glyph, S))
         writer.save(im, train / f"images/{sid}-v{v}.png")
         bar.update()
         return scene, f"images/{sid}-v{v}.png"
@@ -280,27 +231,28 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     cards = glyph_cards(vocab, p["glyph_cards"], p["card_views"], draw_card, caps, scenes)
 
     def draw_background(i: int, sid: str):  # a background alone, saved; its scene
-        scene, im = _draw_unique(writer, seed, SPLIT_BACKGROUNDS, (i,), background_alone(S))
+        scene, im = draw_unique(writer, seed, SPLIT_BACKGROUNDS, (i,), background_alone(S))
         writer.save(im, train / f"images/{sid}.png")
         bar.update()
         return scene, f"images/{sid}.png"
 
-    cards = interleave(cards, background_cards(p["background_cards"], draw_background, caps, scenes))
+    backgrounds = background_cards(p["background_cards"], draw_background, caps, scenes)
+    cards = interleave(cards, backgrounds)
     manifest += cards
 
     # Long-caption retrieval with hard negatives: each group differs only in its last-named object.
     # The novel set is built the same way from its own seeds and captioned by the other writer.
-    long_rows, _ = _hard_negative_groups(writer, ev, "long", seed, SPLIT_LONG, p, p["long_groups"], vocab, bar,
+    long_rows, _ = hard_negative_groups(writer, ev, "long", seed, SPLIT_LONG, p, p["long_groups"], vocab, bar,
                                          long_caption)
     _write_jsonl(ev / "long_retrieval.jsonl", long_rows)
-    novel_rows, _ = _hard_negative_groups(writer, ev, "novel", seed, SPLIT_NOVEL, p, p["long_groups"], vocab, bar,
+    novel_rows, _ = hard_negative_groups(writer, ev, "novel", seed, SPLIT_NOVEL, p, p["long_groups"], vocab, bar,
                                           novel_long_caption)
     _write_jsonl(ev / "novel_retrieval.jsonl", novel_rows)
 
     # Groups of the same kind for training (drawn after the evaluation sets, which they never
     # change): in one batch (``batch_groups``) each scene is a negative of the others, which differ
     # from it only past the first 75 CLIP tokens. Held-out groups make a validation retrieval task.
-    group_rows, group_scenes = _hard_negative_groups(writer, train, "groups", seed, SPLIT_TRAIN_GROUPS, p,
+    group_rows, group_scenes = hard_negative_groups(writer, train, "groups", seed, SPLIT_TRAIN_GROUPS, p,
                                                      p["train_groups"], vocab, bar, long_caption)
     grouped = []
     for row, scene in zip(group_rows, group_scenes):
@@ -310,7 +262,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         scenes.append({"id": sid, **scene.to_json()})
     manifest += grouped
     if p["val_groups"]:
-        val_rows, val_scenes = _hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p,
+        val_rows, val_scenes = hard_negative_groups(writer, train, "val_groups", seed, SPLIT_VAL_GROUPS, p,
                                                      p["val_groups"], vocab, bar, long_caption)
         _write_jsonl(train / "val_groups.jsonl", val_rows)  # and in the other writer's words (unseen phrasing):
         _write_jsonl(train / "val_groups_novel.jsonl", [{**r, "caption": novel_long_caption(s)}
@@ -325,7 +277,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     # Short-caption retrieval: ordinary scenes, captioned in one sentence.
     short_rows = []
     for i in range(p["n_short"]):
-        scene, im = _draw_unique(writer, seed, SPLIT_SHORT, (i,), lambda rng: random_scene(rng, vocab, S))
+        scene, im = draw_unique(writer, seed, SPLIT_SHORT, (i,), lambda rng: random_scene(rng, vocab, S))
         name = f"short/short-{i:05d}.png"
         writer.save(im, ev / name)
         short_rows.append({"image": name, "caption": short_caption(scene)})
@@ -337,7 +289,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         folder = ev / "zeroshot" / glyph.name.replace(" ", "_")  # the evaluator reads "_" as a space
         folder.mkdir()
         for k in range(p["per_class"]):
-            _, im = _draw_unique(writer, seed, SPLIT_ZEROSHOT, (j, k), _single(glyph, S))
+            _, im = draw_unique(writer, seed, SPLIT_ZEROSHOT, (j, k), single_glyph(glyph, S))
             writer.save(im, folder / f"{k:03d}.png")
             bar.update()
 
@@ -345,7 +297,7 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
     # equal to the English one is no translation (often the package's fallback), so it is left out.
     multi_rows = []
     for j, glyph in enumerate(vocab[:p["n_multilingual"]]):
-        _, im = _draw_unique(writer, seed, SPLIT_MULTI, (j,), _single(glyph, S))
+        _, im = draw_unique(writer, seed, SPLIT_MULTI, (j,), single_glyph(glyph, S))
         name = f"multilingual/glyph-{j:05d}.png"
         writer.save(im, ev / name)
         english = glyph.names["en"]
@@ -361,7 +313,8 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
 
     return {
         "train_images": len(manifest),
-        "glyph_cards": len(cards),
+        "glyph_cards": len(cards) - len(backgrounds),
+        "background_cards": len(backgrounds),
         "train_groups": {"images": len(grouped), "groups": p["train_groups"]},
         "val_groups": {"images": p["val_groups"] * gs, "groups": p["val_groups"]},
         "held_out_for_validation": p["n_val"],
@@ -372,38 +325,3 @@ def _build(out: Path, p: dict, progress: bool) -> dict:
         "multilingual": {"images": p["n_multilingual"], "captions": len(multi_rows),
                          "languages": len({r["language"] for r in multi_rows})},
     }
-
-
-def _hard_negative_groups(writer: _Writer, ev: Path, kind: str, seed: int, split: int, p: dict, count: int, vocab,
-                          bar, caption) -> tuple[list[dict], list]:
-    """``count`` groups of hard negatives, new images only, captioned by ``caption(scene)``: rows and scenes.
-
-    A group is kept only when its captions share more than CLIP's 75 text tokens, so that a text
-    tower cut at 77 tokens sees one text for the whole group. Images go to ``ev/kind/``.
-    """
-    rows, scenes = [], []
-    S, gs = p["image_size"], p["group_size"]
-    if count:
-        (ev / kind).mkdir(parents=True, exist_ok=True)
-    for g in range(count):
-        for attempt in range(100):
-            rng = np.random.default_rng([seed, split, g, attempt])
-            group = sample_hard_negative_group(rng, vocab, S, gs)
-            texts = [caption(s) for s, _ in group]
-            if len(clip_pieces(common_prefix(texts))) - 1 < CLIP_TEXT_TOKENS:
-                continue
-            images = [render_scene(s) for s, _ in group]
-            hashes = [hashlib.sha1(im.tobytes()).digest() for im in images]
-            if len(set(hashes)) == len(hashes) and not set(hashes) & writer.seen:
-                writer.seen.update(hashes)
-                break
-        else:
-            raise RuntimeError(f"could not draw {kind} hard-negative group {g} with new images")
-        for k, ((scene, change), im, text) in enumerate(zip(group, images, texts)):
-            name = f"{kind}/{kind}-{g:05d}-{k}.png"
-            writer.save(im, ev / name)
-            rows.append({"image": name, "caption": text, "group": g, "change": change})
-            scenes.append(scene)
-            bar.update()
-    return rows, scenes
-

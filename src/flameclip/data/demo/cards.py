@@ -9,7 +9,7 @@ image tower can only hit by knowing the glyph, not by remembering one picture.
 from __future__ import annotations
 
 from .glyphs import Glyph
-from .scenes import Background, Scene, _cap, article, render_scene, sample_background
+from .scenes import Background, _cap, article
 
 
 def card_captions(glyph: Glyph) -> dict[str, str]:
@@ -45,14 +45,6 @@ def background_captions(background: Background) -> dict[str, str]:
     return {"raw": background.short().removeprefix("a ").removeprefix("an "),
             "short": f"{_cap(background.short())}.",
             "long": f"The image shows no objects on {background.long()}."}
-
-
-def background_alone(size: int):
-    """``make(rng)`` -> (scene, image) of a random background with no glyph, ``size`` pixels square."""
-    def make(rng):
-        scene = Scene(size=size, background=sample_background(rng), objects=(), caption_seed=0)
-        return scene, render_scene(scene)
-    return make
 
 
 def background_cards(count: int, draw, caps: list, scenes: list) -> list[dict]:
