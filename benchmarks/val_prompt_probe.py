@@ -11,7 +11,14 @@ training, never an evaluation set):
 and the same for the mean of the set's facets, the query FLAME's inference uses. A facet from
 which a colour cannot be read linearly is one from which FLAME's image tower cannot learn it.
 
+A colour that can be read is not yet one that weighs: the last column is the share of the
+validation states' variance that the first background colour explains once the states are centred
+and whitened as FLAME's text side does (power 0.75, fitted on the fit scenes), with the share that
+16 labels shuffled among the same states explain beside it. A contrastive target spends its
+similarity where its variance is; a colour with a share near the shuffled one hardly moves it.
+
     python benchmarks/val_prompt_probe.py --demo runs/demo --sets short3 benchmarks/prompt_sets/short3bg.json
+    python benchmarks/val_prompt_probe.py --demo runs/demo --llm smollm2-135m
 """
 
 from __future__ import annotations
@@ -32,6 +39,31 @@ def accuracy(train_x, train_y, test_x, test_y) -> float:
     scale = StandardScaler().fit(train_x)
     clf = LogisticRegression(max_iter=2000, C=0.1).fit(scale.transform(train_x), train_y)
     return 100 * float((clf.predict(scale.transform(test_x)) == np.asarray(test_y)).mean())
+
+
+def whitened(x: np.ndarray, n_fit: int, power: float = 0.75) -> np.ndarray:
+    """Rows centred on the fit rows' mean and whitened by their covariance to ``power`` (FLAME's text side)."""
+    mean = x[:n_fit].mean(0)
+    centred = (x - mean).astype(np.float64)
+    values, vectors = np.linalg.eigh(centred[:n_fit].T @ centred[:n_fit] / n_fit)
+    values = np.clip(values, values.max() * 1e-6, None)
+    return centred @ (vectors * values ** (-power / 2)) @ vectors.T
+
+
+def explained_share(x: np.ndarray, labels) -> float:
+    """Share (%) of the rows' variance about their mean that the label means explain (eta squared)."""
+    labels = np.asarray(labels)
+    x = x - x.mean(0)
+    between = sum((labels == u).sum() * np.square(x[labels == u].mean(0)).sum() for u in np.unique(labels))
+    return 100 * float(between / np.square(x).sum())
+
+
+def colour_share(x: np.ndarray, labels, shuffles: int = 20, seed: int = 0) -> tuple[float, float]:
+    """The labels' explained share of the L2-normalised rows, and its mean over shuffled labels."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    chance = np.mean([explained_share(x, rng.permutation(labels)) for _ in range(shuffles)])
+    return explained_share(x, labels), float(chance)
 
 
 def first_named(caption: str, objects: list[dict]) -> str:
@@ -66,7 +98,7 @@ def main(argv=None) -> int:
           f"first glyph {100 / len(set(glyph)):.1f} (most frequent {100 * max(map(glyph.count, set(glyph))) / len(glyph):.1f})")
 
     encoder = FacetEncoder(load_llm(args.llm or DEMO_LLM, dtype=args.dtype))
-    print(f"{'set':12s} {'facet':60s} {'colour':>7s} {'glyph':>7s}")
+    print(f"{'set':12s} {'facet':60s} {'colour':>7s} {'glyph':>7s} {'colour share (shuffled)':>24s}")
     for name in args.sets:
         ps = load_prompt_set(name)
         t0 = time.perf_counter()
@@ -77,7 +109,8 @@ def main(argv=None) -> int:
         for label, x in facets:
             c = accuracy(x[:n], colour[:n], x[n:], colour[n:])
             g = accuracy(x[:n], glyph[:n], x[n:], glyph[n:])
-            print(f"{ps.name:12s} {label[:60]:60s} {c:7.1f} {g:7.1f}", flush=True)
+            share, chance = colour_share(whitened(x, n)[n:], colour[n:])
+            print(f"{ps.name:12s} {label[:60]:60s} {c:7.1f} {g:7.1f} {share:15.1f} ({chance:4.1f})", flush=True)
         print(f"{ps.name:12s} {f'({seconds:.0f} s to encode {len(ids)} captions)':60s}")
     return 0
 

@@ -10,6 +10,10 @@ background."). Printed per checkpoint:
   changed, and when only the first-named glyph is changed (every mention; another vocabulary
   colour or glyph, seeded).
 
+* the share of the held-out queries' variance that the first background colour explains, with the
+  share of 16 labels shuffled among the same queries beside it (``val_prompt_probe.py`` prints the
+  same for the frozen LLM's states before any training).
+
 A text side that barely moves with the colour words cannot use the background to tell two scenes
 apart, however well the image tower sees it.
 
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
     from flameclip.evaluate.datasets import iterate_images
     from flameclip.inference import load
     from flameclip.text.prompts import BUILTIN
+    from val_prompt_probe import colour_share
 
     data = Path(args.demo) / "data" / "train"
     read = lambda name: [json.loads(line) for line in (data / name).read_text(encoding="utf-8").splitlines()]  # noqa: E731
@@ -81,7 +86,7 @@ def main(argv=None) -> int:
         raise SystemExit("no held-out short caption names its background colours: nothing to edit")
     print(f"held-out scenes: {n} (chance R@1 {100 / n:.1f}); captions with editable colours: {len(edits)}")
     print(f"{'checkpoint':45s} {'R@1':>5s} {'misses':>6s} {'same bg':>7s} {'shares a glyph':>14s} "
-          f"{'colours changed':>15s} {'first glyph changed':>19s}")
+          f"{'colours changed':>15s} {'first glyph changed':>19s} {'colour share (shuffled)':>24s}")
     for ckpt in args.checkpoint:
         model = load(ckpt, text_cache=Path(args.demo) / "text-cache")
         # FLAME queries short captions with the set its short rows were stored with (short3 in the demo).
@@ -93,14 +98,16 @@ def main(argv=None) -> int:
         images = torch.cat([model.encode_image(x) for x, _ in
                             iterate_images([str(data / r["image"]) for r in val], model.preprocess, 64)])
         query = lambda texts: torch.nn.functional.normalize(model.encode_text(list(texts), mode=mode), dim=-1)  # noqa: E731
-        top = (query(captions[i] for i in ids) @ images.T).argmax(1).tolist()
+        queries = query(captions[i] for i in ids)
+        top = (queries @ images.T).argmax(1).tolist()
         misses = [(k, j) for k, j in enumerate(top) if j != k]
         same_bg = sum(background[k] == background[j] for k, j in misses)
         shares = sum(bool(named[k] & glyphs[j]) for k, j in misses)
         a, b, c = (query(t) for t in zip(*edits))
+        share, chance = colour_share(queries.numpy().astype(np.float64), [scenes[i]["background"]["colours"][0] for i in ids])
         print(f"{Path(ckpt).parent.parent.name[:45]:45s} {100 * (n - len(misses)) / n:5.1f} {len(misses):6d} "
-              f"{same_bg:7d} {shares:14d} {float((a * b).sum(-1).mean()):15.3f} {float((a * c).sum(-1).mean()):19.3f}",
-              flush=True)
+              f"{same_bg:7d} {shares:14d} {float((a * b).sum(-1).mean()):15.3f} {float((a * c).sum(-1).mean()):19.3f} "
+              f"{share:15.1f} ({chance:4.1f})", flush=True)
     return 0
 
 
