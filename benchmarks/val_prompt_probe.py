@@ -13,7 +13,7 @@ which a colour cannot be read linearly is one from which FLAME's image tower can
 
 A colour that can be read is not yet one that weighs: the last column is the share of the
 validation states' variance that the first background colour explains once the states are centred
-and whitened as FLAME's text side does (power 0.75, fitted on the fit scenes), with the share that
+and whitened as FLAME's text side does (power 0.75, fitted on the fit scenes; ``--whiten-power``), with the share that
 16 labels shuffled among the same states explain beside it. A contrastive target spends its
 similarity where its variance is; a colour with a share near the shuffled one hardly moves it.
 
@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sets", nargs="+", default=["short3"], help="prompt sets: built-in names or JSON files")
     ap.add_argument("--llm", default=None, help="by default the demo's LLM")
     ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--whiten-power", type=float, default=0.75,
+                    help="the whitening before the colour's share (0: centred only; the demo's FLAME: 0.75)")
     args = ap.parse_args(argv)
 
     from flameclip.demo import DEMO_LLM
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
         for label, x in facets:
             c = accuracy(x[:n], colour[:n], x[n:], colour[n:])
             g = accuracy(x[:n], glyph[:n], x[n:], glyph[n:])
-            share, chance = colour_share(whitened(x, n)[n:], colour[n:])
+            share, chance = colour_share(whitened(x, n, args.whiten_power)[n:], colour[n:])
             print(f"{ps.name:12s} {label[:60]:60s} {c:7.1f} {g:7.1f} {share:15.1f} ({chance:4.1f})", flush=True)
         print(f"{ps.name:12s} {f'({seconds:.0f} s to encode {len(ids)} captions)':60s}")
     return 0
