@@ -42,12 +42,12 @@ def accuracy(train_x, train_y, test_x, test_y) -> float:
 
 
 def whitened(x: np.ndarray, n_fit: int, power: float = 0.75) -> np.ndarray:
-    """Rows centred on the fit rows' mean and whitened by their covariance to ``power`` (FLAME's text side)."""
-    mean = x[:n_fit].mean(0)
-    centred = (x - mean).astype(np.float64)
-    values, vectors = np.linalg.eigh(centred[:n_fit].T @ centred[:n_fit] / n_fit)
-    values = np.clip(values, values.max() * 1e-6, None)
-    return centred @ (vectors * values ** (-power / 2)) @ vectors.T
+    """Rows centred on the fit rows' mean and whitened by their covariance to ``power``, with FLAME's
+    own matrix (its eigenvalue floor included; the scale, which cosines ignore, left out)."""
+    from flameclip.data.centering import whitening_matrix
+
+    centred = (x - x[:n_fit].mean(0)).astype(np.float64)
+    return centred @ whitening_matrix(centred[:n_fit].T @ centred[:n_fit] / n_fit, power)
 
 
 def explained_share(x: np.ndarray, labels) -> float:

@@ -49,6 +49,14 @@ def store_means(store, seed: int = 0, max_samples: int = 4096) -> tuple[torch.Te
     return torch.from_numpy(rows.reshape(-1, rows.shape[-1]).mean(axis=0)), names, torch.from_numpy(means)
 
 
+def whitening_matrix(spread: np.ndarray, power: float, shrink: float = 1e-2) -> np.ndarray:
+    """The symmetric matrix ``spread ** (-power / 2)`` ([D, D], float64), its eigenvalues floored at
+    ``shrink`` times their mean first, so directions with almost no variance are not blown up into noise."""
+    eigval, eigvec = np.linalg.eigh(spread)
+    eigval = np.maximum(eigval, shrink * max(eigval.mean(), 1e-12))
+    return (eigvec * eigval ** (-power / 2)) @ eigvec.T
+
+
 def store_whitening(store, power: float, facet_names: list[str] | None = None,
                     facet_means: torch.Tensor | None = None, mean: torch.Tensor | None = None,
                     seed: int = 0, max_samples: int = 4096, shrink: float = 1e-2,
@@ -59,9 +67,7 @@ def store_whitening(store, power: float, facet_names: list[str] | None = None,
     mean with "prompt" centring, else ``mean``). ``covariance`` says whose spread is equalised:
     "total", that of all centred rows; "within-image", that of each row about the mean of its own
     image's rows (its captions and facets), so the directions where one image's texts disagree are
-    damped and those they share weigh more. Eigenvalues are floored at ``shrink`` times their
-    mean before the inverse power, so directions with almost no variance are not blown up into
-    noise. W is scaled so that an average row keeps its norm (cosines do not care; the logit scale's
+    damped and those they share weigh more (``whitening_matrix``, with its floor ``shrink``). W is scaled so that an average row keeps its norm (cosines do not care; the logit scale's
     initial value stays meaningful for the loss), or, with ``rms``, so that a row has that
     root-mean-square per dimension (what a text adapter's residual branch is measured against).
     """
@@ -82,9 +88,7 @@ def store_whitening(store, power: float, facet_names: list[str] | None = None,
                              f"{store.root} holds {rows.shape[1]}: use text_whiten_covariance=\"total\"")
         y = (rows - rows.mean(axis=1, keepdims=True)).reshape(-1, rows.shape[-1])
         spread = y.T @ y / len(y)
-    eigval, eigvec = np.linalg.eigh(spread)
-    eigval = np.maximum(eigval, shrink * max(eigval.mean(), 1e-12))
-    w = (eigvec * eigval ** (-power / 2)) @ eigvec.T
+    w = whitening_matrix(spread, power, shrink)
     target = np.trace(cov) if rms is None else rms ** 2 * cov.shape[0]
     w *= np.sqrt(target / np.trace(w @ cov @ w))
     return torch.from_numpy(w.astype(np.float32))
